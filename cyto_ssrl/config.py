@@ -1,0 +1,159 @@
+"""Typed configuration for every stage. Defaults run on a 2-core CPU; the paper's settings are named presets.
+
+Each stage has one dataclass and one dict of presets. `preset(PRESETS, name, **overrides)` returns a copy with
+overrides applied, so an entry point is `cfg = preset(TILE_PRESETS, args.preset, seed=args.seed)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from cyto_ssrl.errors import CytoError
+
+# SIPaKMeD (Plissiti et al. 2018) and Herlev (Jantzen et al. 2005) class folders -> label. None leaves the class out:
+# Metaplastic cells are neither normal squamous nor abnormal (SIPaKMeD paper; Stegmueller et al.).
+DEFAULT_CELL_CLASSES: dict[str, str | None] = {
+    "dyskeratotic": "positive",
+    "koilocytotic": "positive",
+    "superficial-intermediate": "negative",
+    "parabasal": "negative",
+    "metaplastic": None,
+    "carcinoma_in_situ": "positive",
+    "light_dysplastic": "positive",
+    "moderate_dysplastic": "positive",
+    "severe_dysplastic": "positive",
+    "normal_columnar": "negative",
+    "normal_intermediate": "negative",
+    "normal_superficiel": "negative",
+}
+
+# The paper's tile counts per partition (120,000 : 40,000 : 8,000); only the proportions matter.
+PAPER_PARTITIONS: dict[str, float] = {"ssrl": 120_000, "downstream": 40_000, "evaluation": 8_000}
+
+
+@dataclass
+class SyntheticConfig:
+    """A cohort of synthetic pyramidal slides with QuPath GeoJSON cell annotations."""
+
+    n_slides: int = 12
+    positive_slide_fraction: float = 0.5
+    prevalence: float = 0.01  # fraction of cells on a positive slide that are positive (paper Fig. 1: about 1 %)
+    mpps: tuple[float, ...] = (0.243, 0.293, 0.180)  # the paper's three scanners, cycled over slides
+    deposit_um: float = 1000.0  # diameter of the cell-deposit region
+    margin_um: float = 120.0  # bright background around the deposit
+    cells_per_mm2: float = 450.0
+    levels: int = 3
+    level_downsample: int = 2
+    tiff_tile: int = 256
+    compression: str = "jpeg"  # or "zlib"
+    seed: int = 0
+
+
+@dataclass
+class CsvAnnotationConfig:
+    """How to read cell points from a CSV (CRIC's classifications.csv by default)."""
+
+    image_column: str = "image_filename"
+    x_column: str = "nucleus_x"
+    y_column: str = "nucleus_y"
+    label_column: str = "bethesda_system"
+    negative_classes: tuple[str, ...] = ("Negative for intraepithelial lesion",)
+    # Size of the image the coordinates refer to; None when they are level-0 pixels of the slide itself.
+    image_size: tuple[int, int] | None = None
+
+
+@dataclass
+class TileConfig:
+    """Stage 1: slides (or cell crops) to a labelled tile manifest."""
+
+    tile_size: int = 512
+    target_mpp: float = 0.293
+    min_deposit: float = 0.5  # fraction of a tile's area that must be cell deposit
+    partitions: dict[str, float] = field(default_factory=lambda: dict(PAPER_PARTITIONS))
+    positive_cell_fraction: float = 0.0  # 0: a positive cell's centre must lie in the tile; >0: this part of its polygon
+    default_mpp: float | None = None  # used for slides whose metadata has none
+    slide_mpp: dict[str, float] = field(default_factory=dict)  # per-slide override, by slide id
+    max_tiles_per_slide: int | None = None
+    image_format: str = "jpg"
+    jpeg_quality: int = 90
+    workers: int = 2
+    seed: int = 0
+    cell_classes: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_CELL_CLASSES))
+    csv: CsvAnnotationConfig = field(default_factory=CsvAnnotationConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+TILE_PRESETS: dict[str, TileConfig] = {
+    "paper": TileConfig(),
+    # 64 px at 4 x 0.293 um/px covers 75 um, a couple of cells; the demo cohort carries more positive cells so
+    # that a 1:1 pool can be drawn from a dozen small slides.
+    "tiny": TileConfig(tile_size=64, target_mpp=1.172, synthetic=SyntheticConfig(prevalence=0.15)),
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 3: one SSL method on one backbone. Unused method-specific fields are ignored by other methods."""
+
+    method: str = "mae"
+    backbone: str = "vit_tiny"  # vit_tiny|vit_small|vit_base (patch_size below) or any timm ResNet name
+    patch_size: int = 8
+    img_size: int = 64
+    epochs: int = 4
+    batch_size: int = 32  # per process
+    grad_accum_steps: int = 1
+    blr: float = 1.5e-4  # lr = blr * global batch / 256 unless lr is given (MAE's rule)
+    lr: float | None = None
+    min_lr: float = 0.0
+    warmup_epochs: int = 1
+    weight_decay: float = 0.05
+    mixed_precision: str = "no"  # no|fp16|bf16
+    num_workers: int = 2
+    checkpoint_every: int = 1  # epochs
+    seed: int = 0
+    # MAE
+    mask_ratio: float = 0.5
+    norm_pix_loss: bool = True
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    # contrastive / self-distillation heads
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128
+    temperature: float = 0.1  # SimCLR NT-Xent; MoCo uses its own below
+    moco_temperature: float = 0.07
+    momentum: float = 0.999  # MoCo key encoder / DINO teacher EMA
+    queue_size: int = 4096
+    dino_out_dim: int = 1024
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+
+
+def preset(presets: dict, name: str, **overrides):
+    """A copy of `presets[name]` with the non-None overrides applied; unknown names are a one-line error."""
+    if name not in presets:
+        raise CytoError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    cfg = copy.deepcopy(presets[name])
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise CytoError(f"{type(cfg).__name__} has no setting {key!r}")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, object]:
+    """Dataclass to a flat dict of MLflow params (nested dataclasses become dotted keys)."""
+    flat: dict[str, object] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = value
+    return flat

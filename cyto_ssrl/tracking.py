@@ -1,0 +1,120 @@
+"""Every MLflow call the project makes: tracking URI, runs, params, metrics, artifacts, datasets and the registry.
+
+Default store: `sqlite:///mlruns.db` in the working directory with artifacts beside it; `MLFLOW_TRACKING_URI`
+overrides it (an `mlflow server` for parallel work). Under `mlflow run`, MLflow has already created the run and
+passes its id in `MLFLOW_RUN_ID`; `stage_run` then continues that run instead of opening another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.request
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from cyto_ssrl.errors import CytoError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_EXPERIMENT = "cyto_ssrl"
+
+
+def configure() -> str:
+    """Point MLflow at the project's store and check it answers before any work starts."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    if uri.startswith("http"):
+        _check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _check_server(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            response.read()
+    except OSError as exc:
+        raise CytoError(f"tracking server {uri} is unreachable ({exc}); start it or unset MLFLOW_TRACKING_URI") from None
+
+
+def _experiment_kwargs() -> None:
+    # `mlflow run` fixes the experiment through MLFLOW_EXPERIMENT_ID; setting another one would be refused.
+    if "MLFLOW_EXPERIMENT_ID" not in os.environ:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str | None = None):
+    """Open (or continue) the run of one stage; FINISHED only when the body returns, FAILED on any exception.
+
+    Nested inside an active run (the study), it opens a child run.
+    """
+    configure()
+    nested = mlflow.active_run() is not None
+    if not nested:
+        _experiment_kwargs()
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags={"stage": stage, **(tags or {})})
+    try:
+        # `mlflow run` has already logged the entry point's raw parameters; keep those and add the rest.
+        log_params({k: v for k, v in params.items() if k not in run.data.params})
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: dict) -> None:
+    mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+
+
+def _param_value(value) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def set_tags(tags: dict) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_table(df: pd.DataFrame, path: str | Path, artifact_path: str | None = None) -> Path:
+    """Write a table to `path` (CSV, or Markdown when it ends in .md) and log it as an artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".md":
+        path.write_text(df.to_markdown(index=False) + "\n")
+    else:
+        df.to_csv(path, index=False)
+    log_artifact(path, artifact_path)
+    return path
+
+
+def log_figure(fig, path: str | Path, artifact_path: str | None = None) -> Path:
+    """Save a matplotlib figure as PNG at `path` and log it as an artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    log_artifact(path, artifact_path)
+    return path
+
+
+def log_dataset(df: pd.DataFrame, source: str | Path, name: str, context: str) -> str:
+    """Log a manifest as an MLflow dataset input of the active run; returns the dataset digest."""
+    with warnings.catch_warnings():
+        # A local path matches two equivalent source types, and int columns trigger a hint about missing
+        # values: neither matters for a manifest.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(df, source=str(source), name=name)
+        mlflow.log_input(dataset, context=context)
+    return dataset.digest

@@ -45,7 +45,12 @@ def read_geojson(path: Path, classes: dict[str, str | None]) -> pd.DataFrame:
         label = class_to_label(name, classes, str(path))
         if label is None:
             continue
-        rows.append(_geometry_row(feature.get("geometry") or {}, label, f"{path}: feature {i}"))
+        row = _geometry_row(feature.get("geometry") or {}, label, f"{path}: feature {i}")
+        # QuPath cell detections carry the nucleus centre, a better cell centre than the outline's mean.
+        measurements = props.get("measurements") or {}
+        if "Nucleus: Centroid X px" in measurements:
+            row["x"], row["y"] = measurements["Nucleus: Centroid X px"], measurements["Nucleus: Centroid Y px"]
+        rows.append(row)
     return pd.DataFrame(rows, columns=["x", "y", "label", "polygon"])
 
 

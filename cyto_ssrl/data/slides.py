@@ -59,16 +59,37 @@ class Geometry:
         return slide.get_best_level_for_downsample(self.extent / self.tile_size * 1.01)
 
 
-def read_tile(slide: openslide.AbstractSlide, geometry: Geometry, level: int, x: int, y: int) -> Image.Image:
-    """The tile at level-0 (x, y), read from `level` and resampled to tile_size at the target um/px."""
+def read_tiles(slide: openslide.AbstractSlide, geometry: Geometry, level: int, coords: np.ndarray) -> list[Image.Image]:
+    """Tiles at level-0 (x, y) coords, resampled to tile_size at the target um/px.
+
+    Neighbouring tiles are read as one region and cropped: each stored slide tile is then decoded once, not
+    once per overlapping output tile, which is what makes tiling faster than a per-tile read_region loop.
+    """
     downsample = slide.level_downsamples[level]
     side = max(1, round(geometry.extent / downsample))
-    region = slide.read_region((x, y), level, (side, side))
+    x0, y0 = coords.min(axis=0)
+    width, height = (np.round((coords.max(axis=0) - (x0, y0)) / downsample).astype(int) + side).tolist()
+    region = _to_rgb(slide.read_region((int(x0), int(y0)), level, (width, height)))
+    # Shrinking averages the pixels a target pixel covers (BOX, the cheapest anti-aliased filter); enlarging
+    # (a scanner coarser than the target) interpolates.
+    resample = Image.Resampling.BOX if side > geometry.tile_size else Image.Resampling.BILINEAR
+    tiles = []
+    for x, y in coords:
+        left, top = round((x - x0) / downsample), round((y - y0) / downsample)
+        tile = region.crop((left, top, left + side, top + side))
+        if side != geometry.tile_size:
+            tile = tile.resize((geometry.tile_size, geometry.tile_size), resample)
+        tiles.append(tile)
+    return tiles
+
+
+def _to_rgb(region: Image.Image) -> Image.Image:
+    alpha = region.getchannel("A")
+    if alpha.getextrema() == (255, 255):
+        return region.convert("RGB")
     # Outside the slide OpenSlide returns transparent pixels: show them as the bright glass they stand for.
     rgb = Image.new("RGB", region.size, (255, 255, 255))
-    rgb.paste(region, mask=region.getchannel("A"))
-    if side != geometry.tile_size:
-        rgb = rgb.resize((geometry.tile_size, geometry.tile_size), Image.Resampling.BILINEAR)
+    rgb.paste(region, mask=alpha)
     return rgb
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cyto_ssrl.config import TileConfig
 from cyto_ssrl.data import annotations as ann
-from cyto_ssrl.data.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, Geometry, open_slide, read_tile, slide_mpp, tile_grid
+from cyto_ssrl.data.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, Geometry, open_slide, read_tiles, slide_mpp, tile_grid
 from cyto_ssrl.data.split import assign_partitions, check_classes
 from cyto_ssrl.errors import CytoError
 
@@ -27,7 +27,8 @@ MANIFEST_COLUMNS = [
     "tile_id", "slide_id", "patient_id", "partition", "x", "y", "extent", "level", "source_mpp", "target_mpp",
     "tile_size", "label", "slide_label", "deposit_fraction", "source", "source_path", "path",
 ]  # fmt: skip
-CHUNK = 64  # tiles per worker job: large enough to amortise opening the slide, small enough to balance cores
+BLOCK_PX = 2048  # neighbouring tiles are read as one region up to this many pixels a side
+CELL_CHUNK = 64  # cell crops per worker job
 
 
 def make_tiles(source: str, input_dir: str | Path | None, output_dir: str | Path, cfg: TileConfig,
@@ -225,13 +226,10 @@ def write_tiles(plan: pd.DataFrame, output_dir: Path, cfg: TileConfig) -> pd.Dat
 
 
 def _cut_all(plan: pd.DataFrame, final: Path, staging: Path, cfg: TileConfig) -> None:
-    jobs = []
-    for _, rows in plan.groupby("source_path", sort=False):
-        targets = [str(staging / Path(p).relative_to(final)) for p in rows["path"]]
-        for start in range(0, len(rows), CHUNK):
-            jobs.append((rows.iloc[start : start + CHUNK], targets[start : start + CHUNK], cfg))
-    for folder in {str(Path(t).parent) for _, targets, _ in jobs for t in targets}:
+    plan = plan.assign(target=[str(staging / Path(p).relative_to(final)) for p in plan["path"]])
+    for folder in {str(Path(t).parent) for t in plan["target"]}:
         os.makedirs(folder, exist_ok=True)
+    jobs = [(rows, cfg) for _, rows in plan.groupby(_job_keys(plan), sort=False)]
     with tqdm(total=len(plan), desc="cutting tiles", unit="tile") as bar:
         if cfg.workers <= 1:
             for job in jobs:
@@ -242,20 +240,36 @@ def _cut_all(plan: pd.DataFrame, final: Path, staging: Path, cfg: TileConfig) ->
                 bar.update(done)
 
 
+def _job_keys(plan: pd.DataFrame) -> pd.Series:
+    """One job per block of neighbouring tiles of a slide (read as one region); cell crops in fixed chunks."""
+    keys = []
+    for n, row in enumerate(plan.itertuples()):
+        if row.source == "cells":
+            keys.append(("cells", n // CELL_CHUNK))
+            continue
+        side = row.extent / _open_cached(row.source_path).level_downsamples[row.level]
+        block = max(1, int(BLOCK_PX // side))
+        keys.append((row.source_path, round(row.x / row.extent) // block, round(row.y / row.extent) // block))
+    return pd.Series(keys, index=plan.index)
+
+
 def _cut_job(job) -> int:
-    rows, targets, cfg = job
+    rows, cfg = job
     if rows["source"].iloc[0] == "cells":
         from cyto_ssrl.data.cells import crop_tile
 
-        images = (crop_tile(row.source_path, cfg) for row in rows.itertuples())
+        images = [crop_tile(path, cfg) for path in rows["source_path"]]
     else:
-        slide = _open_cached(rows["source_path"].iloc[0])
-        geometry = Geometry(rows["source_mpp"].iloc[0], cfg.target_mpp, cfg.tile_size)
-        level = int(rows["level"].iloc[0])
-        images = (read_tile(slide, geometry, level, int(row.x), int(row.y)) for row in rows.itertuples())
-    for image, target in zip(images, targets):
-        image.save(target, quality=cfg.jpeg_quality) if cfg.image_format == "jpg" else image.save(target)
-    return len(targets)
+        first = rows.iloc[0]
+        geometry = Geometry(first["source_mpp"], cfg.target_mpp, cfg.tile_size)
+        slide = _open_cached(first["source_path"])
+        images = read_tiles(slide, geometry, int(first["level"]), rows[["x", "y"]].to_numpy())
+    for image, target in zip(images, rows["target"]):
+        if cfg.image_format == "jpg":
+            image.save(target, quality=cfg.jpeg_quality)
+        else:
+            image.save(target)
+    return len(rows)
 
 
 @functools.lru_cache(maxsize=4)

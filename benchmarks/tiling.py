@@ -1,0 +1,65 @@
+"""Tiling throughput: the project's stage 1 against a bare OpenSlide read_region loop over the same tiles.
+
+    python benchmarks/tiling.py [--slide PATH --mpp 0.25] [--tile-size 256] [--workers 2]
+
+Both sides cut the same tile grid of the same slide. The project's side includes the deposit check (planning),
+read, resample to the target um/px, JPEG encode and write, spread over `workers` processes; the bare loop only
+reads the regions in one process. Target: project tiles/s per worker >= 0.7 x bare tiles/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
+from cyto_ssrl.data.slides import open_slide
+from cyto_ssrl.data.synthetic import generate_cohort
+from cyto_ssrl.data.tiles import plan_slides, write_tiles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slide", help="a slide to tile (default: one generated synthetic slide)")
+    parser.add_argument("--mpp", type=float, help="um/px when the slide has none")
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--target-mpp", type=float, default=0.293)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    # In the working directory, where real output goes (on this machine /tmp creates files 20x slower).
+    with tempfile.TemporaryDirectory(dir=".", prefix=".tiling-bench-") as tmp:
+        folder = Path(tmp) / "slide"
+        if args.slide:
+            folder.mkdir()
+            (folder / Path(args.slide).name).symlink_to(Path(args.slide).resolve())
+        else:
+            generate_cohort(folder, SyntheticConfig(n_slides=1, positive_slide_fraction=0, deposit_um=2500, mpps=(0.243,)))
+        cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
+                     workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
+
+        start = time.perf_counter()
+        plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
+        write_tiles(plan, Path(tmp) / "out", cfg)
+        project_s = time.perf_counter() - start
+
+        slide = open_slide(plan["source_path"].iloc[0])
+        level = int(plan["level"].iloc[0])
+        side = round(plan["extent"].iloc[0] / slide.level_downsamples[level])
+        start = time.perf_counter()
+        for x, y in zip(plan["x"], plan["y"]):
+            slide.read_region((int(x), int(y)), level, (side, side))
+        bare_s = time.perf_counter() - start
+
+    n = len(plan)
+    project_rate, bare_rate = n / project_s, n / bare_s
+    print(f"tiles: {n} of {args.tile_size}px at {args.target_mpp} um/px (read level {level}, {side}px regions)")
+    print(f"bare read_region loop, 1 process : {bare_rate:8.1f} tiles/s")
+    print(f"project tiling, {args.workers} workers      : {project_rate:8.1f} tiles/s")
+    print(f"ratio per worker (target >= 0.7)  : {project_rate / args.workers / bare_rate:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,11 +5,22 @@ Entry points and the study call these; tests call them too.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
 from cyto_ssrl import tracking
-from cyto_ssrl.config import TILE_PRESETS, TileConfig, flatten, preset
-from cyto_ssrl.data.tiles import make_tiles, summarize
+from cyto_ssrl.config import (PRETRAIN_PRESETS, TILE_PRESETS, PretrainConfig, TileConfig, flatten, preset,
+                              pretrain_preset_name)  # fmt: skip
+from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_digest, ratio_alias, ratio_label, read_manifest
+from cyto_ssrl.data.tiles import make_tiles, summarize, write_parquet_atomic
+from cyto_ssrl.errors import CytoError
+from cyto_ssrl.methods import build_method, create_backbone
+from cyto_ssrl.pretrain import PretrainJob, load_backbone, run_job
 
 
 def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_dir: str = "outputs/tiles",
@@ -33,3 +44,148 @@ def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_di
         tracking.log_dataset(manifest, manifest_path, name=f"tiles-{source}", context="tiles")
         tracking.set_tags({"manifest": manifest_path})
     return run.info.run_id, manifest_path
+
+
+def resolve_manifest(manifest: str | None, seed: int = 0) -> Path:
+    """A manifest path, a tiles run id (its `manifest` tag), or None: tile the synthetic default first."""
+    if manifest is None:
+        return run_tiles(seed=seed)[1]
+    if Path(manifest).suffix == ".parquet" or Path(manifest).exists():
+        return Path(manifest)
+    tags = tracking.run_tags(manifest)
+    if "manifest" not in tags:
+        raise CytoError(f"{manifest!r} is neither a manifest file nor a tiles run with a manifest")
+    return Path(tags["manifest"])
+
+
+def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 400, seed: int = 0,
+              allow_smaller_pool: bool = False, output_dir: str = "outputs/pools") -> tuple[str, Path, str]:  # fmt: skip
+    """Stage 2 as a run: returns (run id, pool path, pool digest)."""
+    r = parse_ratio(ratio)
+    params = {"manifest": manifest, "ratio": ratio_label(r), "ratio_r": r, "pool_size": pool_size, "seed": seed,
+              "allow_smaller_pool": allow_smaller_pool}  # fmt: skip
+    with tracking.stage_run("pools", params, tags={"ratio": ratio_label(r)}, run_name=f"pool-{ratio_label(r)}") as run:
+        manifest_path = resolve_manifest(manifest, seed)
+        tiles = read_manifest(manifest_path)
+        pool = make_pool(tiles, r, pool_size, seed, allow_smaller_pool)
+        digest = pool_digest(pool)
+        path = Path(output_dir).resolve() / f"pool_1-{r}_{digest}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(pool, path)
+        counts = pool["label"].value_counts()
+        if len(pool) != pool_size:
+            print(f"allow_smaller_pool: the partition fits {len(pool)} tiles at {ratio_label(r)}, not {pool_size}")
+        tracking.log_metrics({"pool_size": len(pool), "n_positive": counts.get("positive", 0),
+                              "n_negative": counts.get("negative", 0)})  # fmt: skip
+        tracking.log_dataset(tiles, manifest_path, name="tiles", context="source")
+        tracking.log_dataset(pool, path, name=f"pool-{ratio_label(r)}", context="pool")
+        tracking.set_tags({"pool_path": path, "pool_digest": digest, "manifest": manifest_path})
+    return run.info.run_id, path, digest
+
+
+def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "tiny-mae", manifest: str | None = None,
+                 pool: str | None = None, pool_size: int = 400, seed: int = 0, num_processes: int = 1,
+                 resume: str | None = None, init: str | None = None, output_dir: str = "outputs/pretrain",
+                 **overrides) -> tuple[str, str]:  # fmt: skip
+    """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`)."""
+    if init:
+        return register_external(init, method, preset_name, seed=seed, **overrides)
+    if resume:
+        return _resume_pretrain(resume, num_processes)
+    preset_name = pretrain_preset_name(preset_name, method)
+    cfg: PretrainConfig = preset(PRETRAIN_PRESETS, preset_name, method=method, seed=seed, **overrides)
+    build_method(cfg)  # unknown method, backbone or bad settings fail here, before any run or pool exists
+    r = parse_ratio(ratio)
+    params = {"ratio": ratio_label(r), "ratio_r": r, "preset": preset_name, "pool_size": pool_size,
+              "num_processes": num_processes, **flatten(cfg)}  # fmt: skip
+    tags = {"method": cfg.method, "backbone": cfg.backbone, "ratio": ratio_label(r)}
+    with tracking.stage_run("pretrain", params, tags, run_name=f"{cfg.method}-{ratio_label(r)}") as run:
+        pool_path = Path(pool) if pool else run_pools(manifest, ratio_label(r), pool_size, seed)[1]
+        pool_table = read_manifest(pool_path)
+        tracking.log_dataset(pool_table, pool_path, name=f"pool-{ratio_label(r)}", context="pretrain")
+        job_dir = Path(output_dir).resolve() / run.info.run_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        job = PretrainJob(cfg, str(pool_path), run.info.run_id, str(job_dir))
+        tracking.set_tags({"job_dir": job_dir, "pool_path": pool_path, "pool_digest": pool_digest(pool_table)})
+        _launch(job, num_processes)
+        uri = _register(job, pool_table, preset_name)
+    return run.info.run_id, uri
+
+
+def _resume_pretrain(run_id: str, num_processes: int) -> tuple[str, str]:
+    tags = tracking.run_tags(run_id)
+    if "job_dir" not in tags or not (Path(tags["job_dir"]) / "job.json").exists():
+        raise CytoError(f"run {run_id} has no pre-training job to resume")
+    job = PretrainJob.load(Path(tags["job_dir"]) / "job.json")
+    job.resume = True
+    with tracking.stage_run("pretrain", {}, run_id=run_id) as run:
+        _launch(job, num_processes)
+        uri = _register(job, read_manifest(job.pool_path), tracking.run_params(run_id).get("preset", ""))
+    return run.info.run_id, uri
+
+
+def _launch(job: PretrainJob, num_processes: int) -> None:
+    """Train in this process, or in `num_processes` processes through a real `accelerate launch`."""
+    if num_processes <= 1:
+        run_job(job)
+        return
+    job_file = job.save()
+    env = tracking.tracking_env()
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
+           "-m", "cyto_ssrl.pretrain", str(job_file)]  # fmt: skip
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise CytoError(f"accelerate launch with {num_processes} processes failed (exit {result.returncode})")
+
+
+def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
+    cfg = job.cfg
+    r = parse_ratio(tracking.run_params(job.run_id)["ratio"])
+    backbone = load_backbone(cfg, job.job_dir)
+    tags = {"ratio": ratio_label(r), "ratio_r": r, "method": cfg.method, "backbone": cfg.backbone,
+            "pool_digest": pool_digest(pool), "pool_size": len(pool), "epochs": cfg.epochs, "preset": preset_name,
+            "tiles_run_id": _tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
+            "img_size": cfg.img_size}  # fmt: skip
+    example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
+    name = model_name(cfg.method, cfg.backbone)
+    version = tracking.register_backbone(backbone, name, tags, ratio_alias(r), example)
+    return f"models:/{name}/{version}"
+
+
+def model_name(method: str, backbone: str) -> str:
+    return f"cyto-{method}-{backbone}"
+
+
+def _tiles_run(pool_path: str) -> str:
+    """Lineage: the tiles run whose manifest the pool was drawn from ('' when the pool came from elsewhere)."""
+    pools_run = tracking.find_run("pools", pool_path=str(pool_path))
+    manifest = tracking.run_tags(pools_run).get("manifest") if pools_run else None
+    return (tracking.find_run("tiles", manifest=manifest) if manifest else None) or ""
+
+
+def register_external(init: str, method: str = "external", preset_name: str = "tiny", seed: int = 0,
+                      **overrides) -> tuple[str, str]:  # fmt: skip
+    """A baseline backbone from a local weights file (ImageNet, CONCH ...), registered like a pre-trained one."""
+    path = Path(init)
+    if not path.is_file():
+        raise CytoError(f"init weights {init} do not exist (nothing is downloaded: give a local file)")
+    cfg: PretrainConfig = preset(PRETRAIN_PRESETS, pretrain_preset_name(preset_name, "mae"), seed=seed, **overrides)
+    backbone = create_backbone(cfg.backbone, cfg.img_size, cfg.patch_size)
+    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    missing, _ = backbone.load_state_dict(state, strict=False)
+    if missing:
+        raise CytoError(f"{init} does not fit backbone {cfg.backbone}: {len(missing)} weights missing, e.g. {missing[0]}")
+    params = {"init": str(path.resolve()), "preset": preset_name, **flatten(cfg)}
+    tags = {"ratio": "external", "ratio_r": 0, "method": "external", "backbone": cfg.backbone, "source": path.name,
+            "pool_digest": "", "pool_size": 0, "epochs": 0, "preset": preset_name, "tiles_run_id": "",
+            "img_size": cfg.img_size}  # fmt: skip
+    with tracking.stage_run("pretrain", params, {"method": "external", "ratio": "external"},
+                            run_name=f"external-{path.stem}") as run:  # fmt: skip
+        name = model_name("external", cfg.backbone)
+        example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
+        version = tracking.register_backbone(backbone.eval(), name, {**tags, "pretrain_run_id": run.info.run_id},
+                                             "external", example)  # fmt: skip
+    return run.info.run_id, f"models:/{name}/{version}"

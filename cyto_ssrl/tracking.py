@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import urllib.request
 import warnings
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from cyto_ssrl.errors import CytoError
 
@@ -40,23 +44,24 @@ def _check_server(uri: str) -> None:
         raise CytoError(f"tracking server {uri} is unreachable ({exc}); start it or unset MLFLOW_TRACKING_URI") from None
 
 
-def _experiment_kwargs() -> None:
+def _set_experiment() -> None:
     # `mlflow run` fixes the experiment through MLFLOW_EXPERIMENT_ID; setting another one would be refused.
     if "MLFLOW_EXPERIMENT_ID" not in os.environ:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str | None = None):
-    """Open (or continue) the run of one stage; FINISHED only when the body returns, FAILED on any exception.
+def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str | None = None,
+              run_id: str | None = None):  # fmt: skip
+    """Open (or continue: `run_id`) the run of one stage; FINISHED only when the body returns, FAILED on any exception.
 
     Nested inside an active run (the study), it opens a child run.
     """
     configure()
     nested = mlflow.active_run() is not None
-    if not nested:
-        _experiment_kwargs()
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags={"stage": stage, **(tags or {})})
+    if not nested and run_id is None:
+        _set_experiment()
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags={"stage": stage, **(tags or {})})
     try:
         # `mlflow run` has already logged the entry point's raw parameters; keep those and add the rest.
         log_params({k: v for k, v in params.items() if k not in run.data.params})
@@ -80,8 +85,15 @@ def set_tags(tags: dict) -> None:
     mlflow.set_tags({key: str(value) for key, value in tags.items()})
 
 
-def log_metrics(metrics: dict, step: int | None = None) -> None:
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
+    """Metrics of the active run, or of `run_id` (a training worker logging into its launcher's run)."""
+    values = {key: float(value) for key, value in metrics.items()}
+    if run_id is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    configure()
+    timestamp = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, timestamp, step or 0) for k, v in values.items()])
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -118,3 +130,67 @@ def log_dataset(df: pd.DataFrame, source: str | Path, name: str, context: str) -
         dataset = mlflow.data.from_pandas(df, source=str(source), name=name)
         mlflow.log_input(dataset, context=context)
     return dataset.digest
+
+
+def tracking_env() -> dict[str, str]:
+    """Variables a child process (accelerate launch) needs to reach the same store, and nothing of `mlflow run`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",)}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    return env
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "mlflow", "safetensors")]
+
+
+def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_example) -> str:
+    """Log the encoder into the active run and register it as a version with `tags` and `alias`; returns the version.
+
+    Registered last, after training finished. A version is never left without its tags or alias: if either
+    fails, the version is deleted again.
+    """
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = backbone(input_example).numpy()
+    signature = infer_signature(input_example.numpy(), output)
+    # Pickle, not pt2: downstream fine-tunes the backbone, and a pt2 export cannot go back to .train().
+    info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle", signature=signature,
+                                    input_example=input_example.numpy(), pip_requirements=pip_requirements())  # fmt: skip
+    version = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+    client = MlflowClient()
+    try:
+        missing = set(tags) - set(client.get_model_version(model_name, version.version).tags)
+        if missing:
+            raise RuntimeError(f"tags {sorted(missing)} were not stored")
+        client.set_registered_model_alias(model_name, alias, version.version)
+    except BaseException:
+        client.delete_model_version(model_name, version.version)
+        raise
+    return version.version
+
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    configure()
+    try:
+        return MlflowClient().get_run(run_id).data.tags
+    except mlflow.exceptions.MlflowException:
+        raise CytoError(f"no MLflow run with id {run_id!r} in {mlflow.get_tracking_uri()}") from None
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    configure()
+    return MlflowClient().get_run(run_id).data.params
+
+
+def find_run(stage: str, **tags) -> str | None:
+    """The newest FINISHED run of `stage` whose tags equal `tags`, or None."""
+    configure()
+    query = " and ".join([f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
+                         + [f"tags.{k} = '{v}'" for k, v in tags.items()])  # fmt: skip
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=query, order_by=["start_time DESC"],
+                              max_results=1, output_format="list")  # fmt: skip
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,139 @@
+"""The one training loop (Hugging Face Accelerate), shared by pre-training and downstream fine-tuning.
+
+`model(batch)` returns the loss: an SSL method on a list of views, or a classifier on (images, labels). The lr
+follows MAE's recipe: linear warm-up then half-cosine, set every iteration; lr = blr x global batch / 256 unless
+given. Metrics are reduced over processes before they are reported; the caller logs them on the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from cyto_ssrl.errors import CytoError
+
+
+@dataclass
+class LoopConfig:
+    """What the loop needs of a stage's config (PretrainConfig and DownstreamConfig both provide these)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    weight_decay: float
+    grad_accum_steps: int
+    num_workers: int
+    seed: int
+
+
+def absolute_lr(blr: float, lr: float | None, global_batch: int) -> float:
+    """MAE's scaling rule: lr = blr x global batch / 256, unless an absolute lr is given."""
+    return lr if lr else blr * global_batch / 256
+
+
+def lr_at(epoch: float, cfg: LoopConfig) -> float:
+    """Warm-up then half-cosine decay to min_lr, at a fractional epoch."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * epoch / cfg.warmup_epochs
+    progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_loader(dataset: Dataset, cfg: LoopConfig, accelerator: Accelerator, shuffle: bool = True, drop_last: bool = True,
+                collate_fn=None) -> DataLoader:  # fmt: skip
+    """A loader whose order and augmentations depend only on (seed, epoch), so a resumed run sees the same data.
+
+    Each process reads its own shard (DistributedSampler); `set_loader_epoch` reseeds order and workers.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                                 shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)  # fmt: skip
+    if len(dataset) // accelerator.num_processes < cfg.batch_size and drop_last:
+        raise CytoError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} on each of "
+                        f"{accelerator.num_processes} process(es); lower batch_size")  # fmt: skip
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                      drop_last=drop_last, generator=torch.Generator(), collate_fn=collate_fn,
+                      persistent_workers=False)  # fmt: skip
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, seed: int, rank: int) -> None:
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)  # worker seeds of this epoch
+
+
+def train_one_epoch(model, loader: DataLoader, optimizer, accelerator: Accelerator, epoch: int, cfg: LoopConfig,
+                    after_step: Callable[[int, int], None] | None = None, bar: tqdm | None = None) -> float:  # fmt: skip
+    """One pass over `loader`; returns the loss averaged over steps and processes."""
+    model.train()
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    running = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(loader):
+        step = epoch * steps_per_epoch + i
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step / steps_per_epoch, cfg)
+        with accelerator.accumulate(model):
+            loss = model(_to_device(batch, accelerator.device))
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+        if not torch.isfinite(mean_loss):  # every process sees the reduced value, so all stop together
+            raise CytoError(f"loss is {mean_loss.item()} at epoch {epoch} step {i}; lower the lr or check the data")
+        running += mean_loss
+        if after_step is not None and accelerator.sync_gradients:
+            after_step(step + 1, total_steps)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return (running / steps_per_epoch).item()
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
+
+
+def fit(model, loader: DataLoader, optimizer, accelerator: Accelerator, cfg: LoopConfig, checkpoint_dir: Path | None,
+        checkpoint_every: int = 1, resume: bool = False, after_step=None,
+        on_epoch_end: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    """Train for cfg.epochs, saving Accelerate state every `checkpoint_every` epochs; `resume` continues from it."""
+    start = load_checkpoint(accelerator, checkpoint_dir) if resume else 0
+    bar = tqdm(total=(cfg.epochs - start) * len(loader), desc="training", unit="step",
+               disable=not accelerator.is_main_process)  # fmt: skip
+    for epoch in range(start, cfg.epochs):
+        set_loader_epoch(loader, epoch, cfg.seed, accelerator.process_index)
+        loss = train_one_epoch(model, loader, optimizer, accelerator, epoch, cfg, after_step, bar)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, loss)
+        if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            save_checkpoint(accelerator, checkpoint_dir, epoch)
+    bar.close()
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) -> None:
+    accelerator.save_state(str(checkpoint_dir / "state"))
+    if accelerator.is_main_process:
+        (checkpoint_dir / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint_dir: Path | None) -> int:
+    """Restore model, optimizer and RNG states; returns the first epoch still to train."""
+    marker = None if checkpoint_dir is None else checkpoint_dir / "epoch.json"
+    if marker is None or not marker.exists():
+        raise CytoError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+    accelerator.load_state(str(checkpoint_dir / "state"))
+    return json.loads(marker.read_text())["epoch"] + 1

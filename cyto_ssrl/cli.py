@@ -53,3 +53,11 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise CytoError(f"image size {text!r} is not WIDTHxHEIGHT (e.g. 1376x1020)") from None
     return width, height
+
+
+def integer(text: str) -> int:
+    """MLflow's numeric parameters are floats ('400.0'); accept those for whole-number options."""
+    value = float(text)
+    if not value.is_integer():
+        raise CytoError(f"{text!r} is not a whole number")
+    return int(value)

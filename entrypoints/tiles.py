@@ -2,7 +2,7 @@
 
 import argparse
 
-from cyto_ssrl.cli import main, optional, parse_mpp, parse_size
+from cyto_ssrl.cli import integer, main, optional, parse_mpp, parse_size
 from cyto_ssrl.config import CsvAnnotationConfig
 from cyto_ssrl.stages import run_tiles
 
@@ -13,14 +13,14 @@ def run() -> None:
     parser.add_argument("--input", default="", help="folder of slides/images or cell-class folders")
     parser.add_argument("--output", default="outputs/tiles")
     parser.add_argument("--preset", default="tiny", help="tiny | paper")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=integer, default=0)
     parser.add_argument("--annotations", default="", help="folder of QuPath GeoJSON, or a CSV of cell points")
     parser.add_argument("--csv-image-size", default="", help="size the CSV coordinates refer to, e.g. 1376x1020")
     parser.add_argument("--mpp", default="", help="um/px for slides without it: 0.25 or slide=0.25,other=0.5")
-    parser.add_argument("--tile-size", type=int, default=None)
+    parser.add_argument("--tile-size", type=integer, default=None)
     parser.add_argument("--target-mpp", type=float, default=None)
     parser.add_argument("--min-deposit", type=float, default=None)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=integer, default=None)
     args = parser.parse_args()
 
     default_mpp, slide_mpp = parse_mpp(args.mpp)

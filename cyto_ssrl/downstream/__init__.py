@@ -1,0 +1,1 @@
+"""Stage 4: downstream evaluation of registered backbones (metrics, probes, fine-tuning, representation analyses)."""

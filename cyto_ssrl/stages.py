@@ -107,6 +107,7 @@ def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "ti
         job_dir.mkdir(parents=True, exist_ok=True)
         job = PretrainJob(cfg, str(pool_path), run.info.run_id, str(job_dir))
         tracking.set_tags({"job_dir": job_dir, "pool_path": pool_path, "pool_digest": pool_digest(pool_table)})
+        job.save()  # what `resume` reads back
         _launch(job, num_processes)
         uri = _register(job, pool_table, preset_name)
     return run.info.run_id, uri
@@ -129,7 +130,7 @@ def _launch(job: PretrainJob, num_processes: int) -> None:
     if num_processes <= 1:
         run_job(job)
         return
-    job_file = job.save()
+    job_file = job.save()  # with resume set, when resuming
     env = tracking.tracking_env()
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo

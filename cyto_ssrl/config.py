@@ -89,7 +89,7 @@ TILE_PRESETS: dict[str, TileConfig] = {
     "paper": TileConfig(),
     # 64 px at 4 x 0.293 um/px covers 75 um, a couple of cells; the demo cohort carries more positive cells so
     # that a 1:1 pool can be drawn from a dozen small slides.
-    "tiny": TileConfig(tile_size=64, target_mpp=1.172, synthetic=SyntheticConfig(prevalence=0.15)),
+    "tiny": TileConfig(tile_size=64, target_mpp=1.172, synthetic=SyntheticConfig(prevalence=0.3)),
 }
 
 

@@ -58,7 +58,7 @@ def resolve_manifest(manifest: str | None, seed: int = 0) -> Path:
     return Path(tags["manifest"])
 
 
-def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 400, seed: int = 0,
+def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 200, seed: int = 0,
               allow_smaller_pool: bool = False, output_dir: str = "outputs/pools") -> tuple[str, Path, str]:  # fmt: skip
     """Stage 2 as a run: returns (run id, pool path, pool digest)."""
     r = parse_ratio(ratio)
@@ -84,7 +84,7 @@ def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 
 
 
 def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "tiny-mae", manifest: str | None = None,
-                 pool: str | None = None, pool_size: int = 400, seed: int = 0, num_processes: int = 1,
+                 pool: str | None = None, pool_size: int = 200, seed: int = 0, num_processes: int = 1,
                  resume: str | None = None, init: str | None = None, output_dir: str = "outputs/pretrain",
                  **overrides) -> tuple[str, str]:  # fmt: skip
     """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`)."""

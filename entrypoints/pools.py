@@ -10,7 +10,7 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--manifest", default="", help="manifest.parquet or a tiles run id (default: tile the synthetic cohort)")
     parser.add_argument("--ratio", default="1:1", help="positive:negative as 1:r, e.g. 1:100")
-    parser.add_argument("--pool-size", type=integer, default=400)
+    parser.add_argument("--pool-size", type=integer, default=200)
     parser.add_argument("--seed", type=integer, default=0)
     parser.add_argument("--allow-smaller-pool", default="false", help="shrink the pool to keep the ratio")
     parser.add_argument("--output", default="outputs/pools")

@@ -13,7 +13,7 @@ def run() -> None:
     parser.add_argument("--preset", default="tiny", help="tiny | paper | tiny-<method> | paper-mae | paper-simclr | stegmuller-dino | ccrl-moco")
     parser.add_argument("--manifest", default="", help="tile manifest or tiles run id (default: synthetic cohort)")
     parser.add_argument("--pool", default="", help="a pool parquet (default: drawn on the fly)")
-    parser.add_argument("--pool-size", type=integer, default=400)
+    parser.add_argument("--pool-size", type=integer, default=200)
     parser.add_argument("--seed", type=integer, default=0)
     parser.add_argument("--num-processes", type=integer, default=1, help=">1 launches accelerate with that many processes")
     parser.add_argument("--resume", default="", help="run id of a killed pre-training run to continue")

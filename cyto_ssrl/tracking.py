@@ -194,3 +194,34 @@ def find_run(stage: str, **tags) -> str | None:
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=query, order_by=["start_time DESC"],
                               max_results=1, output_format="list")  # fmt: skip
     return runs[0].info.run_id if runs else None
+
+
+# --- downstream ---
+
+
+def model_version(model_uri: str):
+    """The registry version `models:/<name>/<version>` or `models:/<name>@<alias>` names; a one-line error if none."""
+    configure()
+    ref = model_uri.strip().removeprefix("models:/")
+    name, by_alias, alias = ref.partition("@")
+    if not by_alias:
+        name, _, number = ref.rpartition("/")
+    if not model_uri.strip().startswith("models:/") or not name or not (alias if by_alias else number.isdigit()):
+        raise CytoError(f"{model_uri!r} is not a registered model: write models:/<name>/<version> or "
+                        "models:/<name>@<alias>")  # fmt: skip
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise CytoError(f"no registered model named {name!r} in {mlflow.get_tracking_uri()}") from None
+    try:
+        return client.get_model_version_by_alias(name, alias) if by_alias else client.get_model_version(name, number)
+    except mlflow.exceptions.MlflowException:
+        missing = f"alias {alias!r}" if by_alias else f"version {number}"
+        raise CytoError(f"registered model {name!r} has no {missing}") from None
+
+
+def load_registered_model(name: str, version: str) -> torch.nn.Module:
+    """A registered PyTorch model by its fixed version (an alias could move to another version mid-study)."""
+    configure()
+    return mlflow.pytorch.load_model(f"models:/{name}/{version}")

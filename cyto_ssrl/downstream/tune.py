@@ -1,0 +1,143 @@
+"""Optuna search of the base learning rate of one model version, mode and budget, on validation accuracy.
+
+The study lives in an Optuna RDB storage (default: `optuna.db` beside a SQLite tracking store; never the MLflow
+database itself, whose alembic table Optuna's would clash with). Each trial is a nested MLflow run opened by the
+objective; a MedianPruner stops trials whose per-epoch validation accuracy falls behind. `run_downstream(...,
+lr="tuned")` then trains with the study's best blr. The evaluation partition is never looked at.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import optuna
+from sqlalchemy.engine import make_url
+
+from cyto_ssrl import tracking
+from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget
+from cyto_ssrl.downstream.run import Setup, loop_config, prepare, train_on_split
+from cyto_ssrl.errors import CytoError
+
+TUNED_MODES = ("linear", "finetune")
+MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluator needs at least two completed trials
+
+
+def study_name(version, mode: str, budget: float) -> str:
+    """From the fixed version, not the uri: an alias may move, and `@r1` and `/3` may name the same weights."""
+    return f"models:/{version.name}/{version.version}|{mode}|budget={budget_label(budget)}"
+
+
+def default_storage() -> str:
+    """`optuna.db` in the folder of a SQLite tracking store (the working directory for a tracking server)."""
+    uri = tracking.configure()
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def tuned_blr(version, mode: str, budget: float, storage: str | None = None) -> float:
+    """The best blr of the finished study for this model version, mode and budget."""
+    storage = storage or default_storage()
+    name = study_name(version, mode, budget)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise CytoError(f"no tuning study {name!r} in {_shown(storage)}; run tune for it first") from None
+    try:
+        return float(study.best_params["blr"])
+    except ValueError:
+        raise CytoError(f"tuning study {name!r} has no completed trial") from None
+
+
+def _shown(storage: str) -> str:
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: int = 10,
+             storage: str | None = None, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0,
+             **overrides) -> tuple[str, float]:  # fmt: skip
+    """Tune blr on resample 0 of `budget`; returns (parent run id, best blr). Reruns add trials to the study."""
+    if mode not in TUNED_MODES:
+        raise CytoError(f"tune trains a classifier: mode must be one of {'|'.join(TUNED_MODES)}, got {mode!r}")
+    if n_trials < 1:
+        raise CytoError(f"n_trials must be at least 1, got {n_trials}")
+    setup = prepare(model_uri, preset_name, manifest, seed, **overrides)
+    train, val = draw_budget(setup.downstream, budget, 0, seed)
+    storage = storage or default_storage()
+    name = study_name(setup.version, mode, budget)
+    settings = setup.cfg.training(mode)
+    # No pruning while the lr still warms up: every trial is slow then.
+    pruner = optuna.pruners.MedianPruner(n_warmup_steps=int(settings.warmup_epochs))
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner,
+                                load_if_exists=True)  # fmt: skip
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))  # a rerun does not repeat its trials
+    # tune_mode and tune_budget, not mode and budget: a search for downstream results by params.mode and
+    # params.budget must not find tuning runs.
+    params = {"model_uri": model_uri, "tune_mode": mode, "tune_budget": budget_label(budget), "n_trials": n_trials,
+              "preset": preset_name, "seed": seed, "blr_low": settings.blr_search[0],
+              "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val)}  # fmt: skip
+    tags = {**setup.tags, "study_name": name, "optuna_storage": _shown(storage)}
+    run_name = f"tune-{mode}-b{budget_label(budget)}"
+    with tracking.stage_run("tune", params, tags, run_name=run_name) as parent:
+        objective = _objective(setup, mode, budget, train, val, tags)
+        # A diverging lr (non-finite loss, CytoError) fails its trial and its run; the search goes on.
+        study.optimize(objective, n_trials=n_trials, catch=(CytoError,))
+        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not completed:
+            raise CytoError(f"no trial of study {name!r} completed (all pruned or failed)")
+        _log_study(study, len(completed))
+    return parent.info.run_id, float(study.best_params["blr"])
+
+
+def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict):
+    settings = setup.cfg.training(mode)
+    run_seed = budget_seed(setup.cfg.seed, budget, 0)
+
+    def objective(trial: optuna.Trial) -> float:
+        blr = trial.suggest_float("blr", *settings.blr_search, log=True)
+        loop = loop_config(settings, budget, len(train), blr, None, run_seed, setup.cfg.num_workers)
+        params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
+                  "trial": trial.number, "blr": blr, "lr": loop.lr, "batch_size": loop.batch_size,
+                  "epochs": loop.epochs}  # fmt: skip
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            tracking.log_metrics(metrics, step=epoch)
+            trial.report(metrics["val_acc"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        pruned = False
+        with tracking.stage_run("tune", params, {**tags, "trial": trial.number}, run_name=f"trial-{trial.number}"):
+            try:
+                _, best = train_on_split(setup, mode, train, val, loop, report)
+                tracking.log_metrics({"best_val_acc": best.val_acc, "best_epoch": best.epoch})
+            except optuna.TrialPruned:
+                # A pruned trial is a finished run that stopped early, not a failure.
+                tracking.set_tags({"pruned": "true"})
+                pruned = True
+        if pruned:
+            raise optuna.TrialPruned()
+        return best.val_acc
+
+    return objective
+
+
+def _log_study(study: optuna.Study, n_completed: int) -> None:
+    best = study.best_params["blr"]
+    tracking.log_metrics({"best_blr": best, "best_val_acc": study.best_value})
+    tracking.set_tags({"best_blr": best, "best_trial": study.best_trial.number})
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tracking.log_table(study.trials_dataframe(), Path(tmp) / "trials.csv")
+        _log_axes(optuna.visualization.matplotlib.plot_optimization_history(study), Path(tmp) / "history.png")
+        if n_completed >= MIN_TRIALS_FOR_IMPORTANCE:
+            _log_axes(optuna.visualization.matplotlib.plot_param_importances(study), Path(tmp) / "importance.png")
+        else:
+            tracking.set_tags({"importance": f"not plotted: {n_completed} completed trial(s), needs 2"})
+
+
+def _log_axes(axes, path: Path) -> None:
+    tracking.log_figure(axes.figure, path)
+    plt.close(axes.figure)  # Optuna draws through pyplot, which keeps every figure open otherwise

@@ -222,7 +222,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
         for name in DDP_METHODS:
             method = _ddp_model(name)
             views = [v.chunk(world)[rank] for v in _ddp_views(name)]
-            loss = DistributedDataParallel(method)(views)
+            ddp = DistributedDataParallel(method)  # kept alive: its reducer averages gradients during backward
+            loss = ddp(views)
             loss.backward()
             if rank == 0:  # a file, not a pipe: megabytes of gradients would fill a pipe nobody reads until join
                 np.savez(out_dir / f"{name}.npz", **_ddp_result(method, loss))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -230,7 +232,10 @@ def test_mlflow_run_tiles_entry_point(store, tmp_path, shared_data):
     out = tmp_path / "herlev_tiles"
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tiles", "--env-manager", "local",
            "-P", "source=cells", "-P", f"input={shared_data / 'herlev'}", "-P", f"output={out}"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    # `mlflow run --env-manager local` runs `python` from PATH: the interpreter running these tests.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert len(pd.read_parquet(out / "manifest.parquet")) == 210
     runs = mlflow.search_runs(search_all_experiments=True)
     assert list(runs["status"]) == ["FINISHED"] and runs["params.source"].iloc[0] == "cells"

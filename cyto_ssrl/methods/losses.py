@@ -44,7 +44,8 @@ def dino_loss(student_out: Tensor, teacher_out: Tensor, center: Tensor, student_
     """
     teacher_p = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach()
     student_logp = F.log_softmax(student_out / student_temp, dim=-1)
-    # ce[t, s] = mean over the batch of the cross-entropy of student view s against teacher view t.
-    ce = -torch.einsum("tbk,sbk->ts", teacher_p, student_logp) / student_out.shape[1]
+    # ce[t, s] = mean over the batch of the cross-entropy of student view s against teacher view t. Elementwise
+    # ops, not a matmul, so autocast leaves the float32 softmax outputs in float32.
+    ce = -(teacher_p[:, None] * student_logp[None]).sum(dim=-1).mean(dim=-1)
     other_view = ~torch.eye(ce.shape[0], ce.shape[1], dtype=torch.bool, device=ce.device)
     return ce[other_view].mean()

@@ -74,8 +74,8 @@ class MAE(SSLMethod):
             raise CytoError(f"mask_ratio {cfg.mask_ratio} leaves no visible or no masked patch of {n_patches}")
         if cfg.decoder_dim % cfg.decoder_heads:
             raise CytoError(f"decoder_dim {cfg.decoder_dim} is not divisible by decoder_heads {cfg.decoder_heads}")
-        # A buffer, not a frozen Parameter: nothing downstream (requires_grad_(True), an optimizer) can make it learn,
-        # and the state_dict key stays timm's "pos_embed".
+        # A buffer, not a frozen Parameter: no optimizer or requires_grad_(True) can make it learn during
+        # pre-training, and the state_dict key stays timm's "pos_embed", so a plain timm ViT loads the export.
         del backbone.pos_embed
         backbone.register_buffer("pos_embed", sincos_pos_embed(backbone.embed_dim, grid))
         self.backbone = backbone

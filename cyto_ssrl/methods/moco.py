@@ -44,7 +44,7 @@ class MoCo(SSLMethod):
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
         """Overwrite the oldest entries with `keys` (all processes' keys, so every process keeps the same queue)."""
-        keys = keys[-len(self.queue):]
+        keys = keys[-len(self.queue):].to(self.queue.dtype)  # keys are half precision under autocast
         slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
         self.queue[slots] = keys
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))

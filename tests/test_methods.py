@@ -25,8 +25,17 @@ from cyto_ssrl.methods import METHODS, build_method, create_backbone
 from cyto_ssrl.methods.losses import dino_loss, info_nce_queue, nt_xent
 from cyto_ssrl.methods.mae import MAE, random_masking, sincos_pos_embed
 
-DATA = Path("/work/shared/data")
 IMG = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Other tests may share the 2 cores; two OpenMP threads then stall on each other (runs here took 2-3x longer
+    # under load), where one thread only slows down by the share it loses.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +45,12 @@ def seeded():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
-def cells() -> list[Image.Image]:
+@pytest.fixture
+def cells(shared_data) -> list[Image.Image]:
     """16 real cell crops, 8 per data set, spread over their classes (read in place, never copied)."""
-    herlev = sorted((DATA / "herlev" / "train").glob("*/*.BMP"))
-    sipakmed = sorted((DATA / "sipakmed").glob("im_*/*.bmp"))
-    if len(herlev) < 8 or len(sipakmed) < 8:
-        pytest.skip(f"needs the Herlev and SIPaKMeD cell images under {DATA}")
+    herlev = sorted((shared_data / "herlev" / "train").glob("*/*.BMP"))
+    sipakmed = sorted((shared_data / "sipakmed").glob("im_*/*.bmp"))
+    assert len(herlev) >= 8 and len(sipakmed) >= 8, f"Herlev and SIPaKMeD cell images expected under {shared_data}"
     chosen = herlev[:: len(herlev) // 8][:8] + sipakmed[:: len(sipakmed) // 8][:8]
     return [Image.open(path).convert("RGB") for path in chosen]
 

@@ -14,7 +14,7 @@ METHODS: dict[str, type[SSLMethod]] = {"mae": MAE, "simclr": SimCLR, "dino": DIN
 
 
 def build_method(cfg: PretrainConfig) -> SSLMethod:
-    """The method `cfg.method` on backbone `cfg.backbone`; a CytoError for unknown names or a pairing that cannot work."""
+    """The method `cfg.method` on `cfg.backbone`; a CytoError for unknown names or a pairing that cannot work."""
     if cfg.method not in METHODS:
         raise CytoError(f"unknown method {cfg.method!r}; choose one of {'|'.join(METHODS)}")
     return METHODS[cfg.method](cfg)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.errors import CytoError
 
-VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
+VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
+             "vit_base": "vit_base_patch16_224"}
 
 
 def create_backbone(name: str, img_size: int, patch_size: int) -> nn.Module:

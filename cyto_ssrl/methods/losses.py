@@ -23,7 +23,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 
 def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """MoCo's InfoNCE (He et al. 2020): query q[i] (N, D) against its key k[i] (N, D) and the K negatives in queue (K, D).
+    """MoCo's InfoNCE (He et al. 2020): query q[i] (N, D) against its key k[i] (N, D) and K negatives (K, D).
 
     q and k are L2-normalised here; the queue holds normalised keys already. Gradients flow into whatever of q, k
     and queue carries them: MoCo passes keys and queue without.
@@ -36,7 +36,9 @@ def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def dino_loss(student_out: Tensor, teacher_out: Tensor, center: Tensor, student_temp: float, teacher_temp: float) -> Tensor:
+def dino_loss(
+    student_out: Tensor, teacher_out: Tensor, center: Tensor, student_temp: float, teacher_temp: float
+) -> Tensor:
     """DINO's self-distillation loss (Caron et al. 2021) over views: outputs are (V, B, K) head logits.
 
     Teacher logits are centred (against collapse to one dimension) and sharpened (against collapse to uniform);

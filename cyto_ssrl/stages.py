@@ -162,8 +162,7 @@ def model_name(method: str, backbone: str) -> str:
 
 def _tiles_run(pool_path: str) -> str:
     """Lineage: the tiles run whose manifest the pool was drawn from ('' when the pool came from elsewhere)."""
-    pools_run = tracking.find_run("pools", pool_path=str(pool_path))
-    manifest = tracking.run_tags(pools_run).get("manifest") if pools_run else None
+    manifest = tracking.pool_manifest(pool_path)
     return (tracking.find_run("tiles", manifest=manifest) if manifest else None) or ""
 
 

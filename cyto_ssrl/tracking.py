@@ -196,6 +196,12 @@ def find_run(stage: str, **tags) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+
+def pool_manifest(pool_path: str | None) -> str | None:
+    """Lineage: the tile manifest a pool was drawn from, as its pools run recorded it (None when unknown)."""
+    pools_run = find_run("pools", pool_path=str(pool_path)) if pool_path else None
+    return run_tags(pools_run).get("manifest") if pools_run else None
+
 # --- downstream ---
 
 

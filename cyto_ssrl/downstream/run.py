@@ -107,9 +107,7 @@ def prepare(model_uri: str, preset_name: str = "tiny", manifest: str | None = No
 def lineage_manifest(model_uri: str, version) -> Path:
     """Model version -> its pre-training run -> the pool -> the pools run that drew it -> the tile manifest."""
     run_id = version.tags.get("pretrain_run_id")
-    pool_path = tracking.run_tags(run_id).get("pool_path") if run_id else None
-    pools_run = tracking.find_run("pools", pool_path=pool_path) if pool_path else None
-    manifest = tracking.run_tags(pools_run).get("manifest") if pools_run else None
+    manifest = tracking.pool_manifest(tracking.run_tags(run_id).get("pool_path")) if run_id else None
     if not manifest:
         raise CytoError(f"cannot trace the tile manifest of {model_uri} through its pre-training pool; "
                         "pass manifest")  # fmt: skip

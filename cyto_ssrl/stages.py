@@ -5,6 +5,7 @@ Entry points and the study call these; tests call them too.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,11 +136,18 @@ def _launch(job: PretrainJob, num_processes: int) -> None:
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
+           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
            "-m", "cyto_ssrl.pretrain", str(job_file)]  # fmt: skip
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise CytoError(f"accelerate launch with {num_processes} processes failed (exit {result.returncode})")
+
+
+def _free_port() -> int:
+    """A port for the processes' rendezvous: study workers launch trainings side by side, so 29500 would clash."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
@@ -149,10 +157,11 @@ def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
     tags = {"ratio": ratio_label(r), "ratio_r": r, "method": cfg.method, "backbone": cfg.backbone,
             "pool_digest": pool_digest(pool), "pool_size": len(pool), "epochs": cfg.epochs, "preset": preset_name,
             "tiles_run_id": _tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
-            "img_size": cfg.img_size}  # fmt: skip
+            "img_size": cfg.img_size, "pretrain_seed": cfg.seed}  # fmt: skip
     example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
     name = model_name(cfg.method, cfg.backbone)
     version = tracking.register_backbone(backbone, name, tags, ratio_alias(r), example)
+    tracking.set_tags({"model_uri": f"models:/{name}/{version}"})  # what the study's downstream cells read
     return f"models:/{name}/{version}"
 
 
@@ -188,4 +197,5 @@ def register_external(init: str, method: str = "external", preset_name: str = "t
         example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
         version = tracking.register_backbone(backbone.eval(), name, {**tags, "pretrain_run_id": run.info.run_id},
                                              "external", example)  # fmt: skip
+        tracking.set_tags({"model_uri": f"models:/{name}/{version}"})
     return run.info.run_id, f"models:/{name}/{version}"

@@ -8,6 +8,7 @@ passes its id in `MLFLOW_RUN_ID`; `stage_run` then continues that run instead of
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import urllib.request
@@ -58,6 +59,8 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
     Nested inside an active run (the study), it opens a child run.
     """
     configure()
+    if run_id is None and _claimed:
+        run_id = _claimed.pop()
     nested = mlflow.active_run() is not None
     if not nested and run_id is None:
         _set_experiment()
@@ -70,6 +73,23 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+# Runs the study created to claim a grid cell; the next stage_run continues the newest instead of opening one.
+_claimed: list[str] = []
+
+
+@contextlib.contextmanager
+def claimed_run(run_id: str):
+    """Within this block the next `stage_run` continues `run_id`. A block that ends without having opened it marks
+    the run FAILED, so a claimed cell is never left RUNNING."""
+    _claimed.append(run_id)
+    try:
+        yield
+    finally:
+        if run_id in _claimed:
+            _claimed.remove(run_id)
+            MlflowClient().set_terminated(run_id, status="FAILED")
 
 
 def log_params(params: dict) -> None:
@@ -145,6 +165,17 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "mlflow", "safetensors")]
 
 
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_example) -> str:
     """Log the encoder into the active run and register it as a version with `tags` and `alias`; returns the version.
 
@@ -156,9 +187,12 @@ def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_e
     with torch.no_grad():
         output = backbone(input_example).numpy()
     signature = infer_signature(input_example.numpy(), output)
-    # Pickle, not pt2: downstream fine-tunes the backbone, and a pt2 export cannot go back to .train().
-    info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle", signature=signature,
-                                    input_example=input_example.numpy(), pip_requirements=pip_requirements())  # fmt: skip
+    # Pickle, not pt2: downstream fine-tunes the backbone, and a pt2 export cannot go back to .train(). MLflow
+    # warns about pickle on every call; the choice is deliberate, so that warning is silenced here.
+    with _logger_level("mlflow.pytorch", logging.ERROR):
+        info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle",
+                                        signature=signature, input_example=input_example.numpy(),
+                                        pip_requirements=pip_requirements())  # fmt: skip
     version = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
     client = MlflowClient()
     try:
@@ -196,13 +230,47 @@ def find_run(stage: str, **tags) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def search_runs(filter_string: str) -> pd.DataFrame:
+    """Every run of every experiment matching `filter_string`, one row each (columns `params.*`, `tags.*`,
+    `metrics.*`, `run_id`, `status`, `start_time` ...): what the study and the analysis read back."""
+    configure()
+    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string)
+
+
+def create_run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None) -> str:
+    """A RUNNING run made without activating it (a study worker claiming a cell); returns its id."""
+    configure()
+    tags = {key: str(value) for key, value in tags.items()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def set_run_tag(run_id: str, key: str, value) -> None:
+    MlflowClient().set_tag(run_id, key, str(value))
+
+
+def end_run(run_id: str, status: str) -> None:
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def delete_run(run_id: str) -> None:
+    """Soft-delete (MLflow's lifecycle stage): searches no longer see it, `mlflow gc` removes it for good."""
+    MlflowClient().delete_run(run_id)
+
+
+def active_run_info():
+    """(run id, experiment id) of the active run, or None."""
+    run = mlflow.active_run()
+    return (run.info.run_id, run.info.experiment_id) if run else None
+
 
 def pool_manifest(pool_path: str | None) -> str | None:
     """Lineage: the tile manifest a pool was drawn from, as its pools run recorded it (None when unknown)."""
     pools_run = find_run("pools", pool_path=str(pool_path)) if pool_path else None
     return run_tags(pools_run).get("manifest") if pools_run else None
 
-# --- downstream ---
+
 
 
 def model_version(model_uri: str):

@@ -38,7 +38,7 @@ from cyto_ssrl.train import LoopConfig, absolute_lr
 
 MODES = ("linear", "finetune", "analyses")
 # Model-version tags every downstream run carries, so results can be grouped by how the backbone was pre-trained.
-LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id")
+LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id", "pretrain_seed")
 
 
 @dataclass
@@ -173,7 +173,7 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
     trained = [] if mode == "analyses" else list(budgets)
     for budget in trained:  # infeasible budgets fail here, before anything is logged
         draw_budget(setup.downstream, budget, 0, seed)
-    blrs = {budget: _blr(setup, mode, budget, lr) for budget in trained}
+    blrs = {budget: base_lr(setup, mode, budget, lr) for budget in trained}
     params = {"model_uri": model_uri, "mode": mode, "budgets": ",".join(map(budget_label, budgets)),
               "resamples": resamples, "preset": preset_name, "lr": lr, "manifest": setup.manifest, "seed": seed,
               **flatten(setup.cfg)}  # fmt: skip
@@ -184,21 +184,23 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
         tracking.log_dataset(setup.evaluation, setup.manifest, name="evaluation", context="evaluation")
         for budget in trained:
             for resample in range(resamples):
-                _budget_run(setup, mode, budget, resample, blrs[budget], None if lr in (None, "tuned") else lr)
+                budget_run(setup, mode, budget, resample, blrs[budget], None if lr in (None, "tuned") else lr)
         if mode in ("linear", "analyses"):
-            _analyses_run(setup)
+            analyses_run(setup)
     return parent.info.run_id
 
 
-def _blr(setup: Setup, mode: str, budget: float, lr) -> float:
+def base_lr(setup: Setup, mode: str, budget: float, lr) -> float:
+    """The blr of a budget's training: the preset's, or with lr='tuned' the best of a finished tune study."""
     if lr != "tuned":
         return setup.cfg.training(mode).blr
     from cyto_ssrl.downstream.tune import tuned_blr  # tune builds on this module
 
-    return tuned_blr(setup.version, mode, budget)
+    return tunedbase_lr(setup.version, mode, budget)
 
 
-def _budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None) -> None:
+def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None) -> None:
+    """One budget x resample: train on its split, score the evaluation partition; one run (a study cell)."""
     cfg = setup.cfg
     settings = cfg.training(mode)
     train, val = draw_budget(setup.downstream, budget, resample, cfg.seed)
@@ -229,7 +231,7 @@ def _log_evaluation(y: np.ndarray, scores: np.ndarray, folder: Path) -> None:
     tracking.log_figure(plot_roc(y, scores), folder / "roc.png")
 
 
-def _analyses_run(setup: Setup) -> None:
+def analyses_run(setup: Setup) -> None:
     """k-NN (fitted on the downstream partition), k-means, linear-SVM and t-SNE on frozen evaluation features."""
     cfg = setup.cfg
     train_x, eval_x = setup.features("downstream").numpy(), setup.features("evaluation").numpy()

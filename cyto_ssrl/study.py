@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ HEARTBEAT_S = 10.0
 STALE_S = 60.0  # a RUNNING claim whose heartbeat is older is a dead worker's
 POLL_S = 5.0  # how often a worker with nothing to do looks for work again
 TRAINED_MODES = ("linear", "finetune")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which worker ran a cell, in its run's tags
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Cell:
     budget: float = 0.0
     resample: int = 0
     needs: tuple[str, ...] = ()
-    digest: str = ""  # analysis: which grid it summarises, so a grown study is analysed again
+    digest: str = ""  # analysis: the finished runs it summarises, so a grown or repaired study is analysed again
 
     @property
     def key(self) -> str:
@@ -187,9 +189,8 @@ def plan(cfg: StudyConfig) -> list[Cell]:
         if cfg.analyses:
             evaluations.append(Cell("analyses", model=model.key, needs=needs))
     cells = [*tiles, *pools, *models, *evaluations]
-    keys = tuple(c.key for c in cells)
-    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
-    return [*cells, Cell("analysis", needs=keys, digest=digest)]
+    # The analysis cell's digest names the runs it summarises; workers fill it in once they are all finished.
+    return [*cells, Cell("analysis", needs=tuple(c.key for c in cells))]
 
 
 def study_dir(cfg: StudyConfig, study_id: str) -> Path:
@@ -231,17 +232,30 @@ class Worker:
             self.bar.close()
         return self.failed
 
+    def unfinished(self) -> list[str]:
+        done, _ = self._refresh()
+        return [c.key for c in self.cells if c.key not in done]
+
     def _refresh(self) -> tuple[set[str], set[str]]:
         """(finished cell keys, cell keys a live worker holds); logs progress to the study run."""
         self.runs = cell_runs(self.study_id)
         done = set(self.runs.loc[self.runs["status"] == "FINISHED", "key"])
-        running = self.runs[(self.runs["status"] == "RUNNING") & (self.runs["heartbeat"] > time.time() - STALE_S)]
+        self._name_analysis(done)
+        running = self.runs[is_live(self.runs)]
         n_done = sum(c.key in done for c in self.cells)
         tracking.log_metrics({"cells_done": n_done, "cells_total": len(self.cells)}, step=n_done,
                              run_id=self.parent_run_id)  # fmt: skip
         if self.bar is not None:
             self.bar.update(n_done - self.bar.n)
         return done, set(running["key"])
+
+    def _name_analysis(self, done: set[str]) -> None:
+        """Once every other cell is finished, key the analysis by their runs: new or re-run cells, new analysis."""
+        analysis = self.cells[-1]
+        if set(analysis.needs) <= done:
+            finished = self.runs[(self.runs["status"] == "FINISHED") & self.runs["key"].isin(analysis.needs)]
+            digest = hashlib.sha256(" ".join(sorted(finished["run_id"])).encode()).hexdigest()[:12]
+            self.cells[-1] = dataclasses.replace(analysis, digest=digest)
 
     def _take(self, cell: Cell) -> None:
         run_id = self._claim(cell)
@@ -257,13 +271,14 @@ class Worker:
 
     def _claim(self, cell: Cell) -> str | None:
         """Create the cell's run, then back off (deleting it) if another live run of the cell exists."""
-        for stale in self.runs.loc[(self.runs["key"] == cell.key) & (self.runs["status"] == "RUNNING"), "run_id"]:
-            tracking.end_run(stale, "FAILED")  # its worker stopped beating: not live (checked by the caller)
-        tags = {"stage": cell.stage, "study": self.study_id, "study_cell": cell.key, "heartbeat": time.time()}
+        runs = cell_runs(self.study_id, cell.key)
+        for stale in runs.loc[(runs["status"] == "RUNNING") & ~is_live(runs), "run_id"]:
+            tracking.end_run(stale, "FAILED")  # its worker stopped beating: it was killed
+        tags = {"stage": cell.stage, "study": self.study_id, "study_cell": cell.key, "heartbeat": time.time(),
+                "study_worker": WORKER}  # fmt: skip
         run_id = tracking.create_run(self.experiment_id, cell.key, tags, self.parent_run_id)
         others = cell_runs(self.study_id, cell.key)
-        others = others[(others["run_id"] != run_id) & ((others["status"] == "FINISHED") | (
-            (others["status"] == "RUNNING") & (others["heartbeat"] > time.time() - STALE_S)))]  # fmt: skip
+        others = others[(others["run_id"] != run_id) & ((others["status"] == "FINISHED") | is_live(others))]
         if not others.empty:
             tracking.delete_run(run_id)
             return None
@@ -348,6 +363,11 @@ def cell_runs(study_id: str, key: str | None = None) -> pd.DataFrame:
     return runs
 
 
+def is_live(runs: pd.DataFrame) -> pd.Series:
+    """RUNNING with a recent heartbeat: a worker holds the cell."""
+    return (runs["status"] == "RUNNING") & (runs["heartbeat"] > time.time() - STALE_S)
+
+
 @contextlib.contextmanager
 def heartbeat(run_id: str):
     """Renew the claim's `heartbeat` tag from a thread while the cell works (training holds no lock on it)."""
@@ -416,13 +436,14 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
                                            "cfg": dataclasses.asdict(cfg)}, indent=1))  # fmt: skip
         extra = [subprocess.Popen([sys.executable, "-m", "cyto_ssrl.study", str(config_file), "--parent", run_id],
                                   env=tracking.tracking_env()) for _ in range(workers - 1)]  # fmt: skip
-        failed = Worker(study_id, cfg, run_id, experiment_id, progress=True).run()
+        worker = Worker(study_id, cfg, run_id, experiment_id, progress=True)
+        failed = worker.run()
         failed_workers = sum(process.wait() != 0 for process in extra)
         if failed or failed_workers:
             listed = "; ".join(f"{key}: {error}" for key, error in failed.items())
             raise CytoError(f"study {study_id}: {len(failed)} cell(s) failed here ({listed}) and "
                             f"{failed_workers} other worker(s) failed; run the same command again to retry them")  # fmt: skip
-        missing = [c.key for c in plan(cfg) if c.key not in set(cell_runs(study_id).query("status == 'FINISHED'")["key"])]
+        missing = worker.unfinished()
         if missing:
             raise CytoError(f"study {study_id}: {len(missing)} cell(s) not finished, e.g. {missing[0]}")
         tracking.set_tags({"analysis_dir": folder / "analysis"})

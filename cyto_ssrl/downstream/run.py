@@ -196,7 +196,7 @@ def base_lr(setup: Setup, mode: str, budget: float, lr) -> float:
         return setup.cfg.training(mode).blr
     from cyto_ssrl.downstream.tune import tuned_blr  # tune builds on this module
 
-    return tunedbase_lr(setup.version, mode, budget)
+    return tuned_blr(setup.version, mode, budget)
 
 
 def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None) -> None:

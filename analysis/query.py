@@ -1,0 +1,99 @@
+"""The downstream results of one study as one tidy table, read back from the tracking store.
+
+One row per finished linear-probe or fine-tuning run (one budget draw of one backbone); metrics stay fractions
+(0-1) as logged. The external baseline's rows have method and ratio 'external' and ratio_r 0.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+from cyto_ssrl import tracking
+from cyto_ssrl.downstream.metrics import METRIC_NAMES
+from cyto_ssrl.errors import CytoError
+
+TRAINED_MODES = ("linear", "finetune")  # 'analyses' runs have no budget and no eval_* metrics
+EXTERNAL = "external"
+# Runs that agree on these were trained on the same labelled budget draw, so their metrics pair up.
+PAIR_KEYS = ("seed", "pretrain_seed", "resample")
+REQUIRED = ("tags.method", "tags.backbone", "tags.ratio", "tags.ratio_r", "params.mode", "params.budget",
+            "params.resample")  # fmt: skip
+COLUMNS = ("method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample", "seed", "pretrain_seed",
+           "model_version", "run_id", *METRIC_NAMES)  # fmt: skip
+
+
+def downstream_results(study_id: str) -> pd.DataFrame:
+    """Tidy table of the study's finished downstream runs with a budget; a one-line error when there are none."""
+    if "'" in study_id:
+        raise CytoError(f"study id {study_id!r} must not contain quotes")
+    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'downstream' "
+                                "and attributes.status = 'FINISHED'")  # fmt: skip
+    # The parent run of each downstream call and the analyses run carry no budget: they are not results.
+    runs = runs[_column(runs, "params.mode").isin(TRAINED_MODES) & _column(runs, "params.budget").notna()]
+    if runs.empty:
+        raise CytoError(f"no finished downstream runs for study {study_id} in {mlflow.get_tracking_uri()}")
+    _check_complete(runs, study_id)
+    results = pd.DataFrame({
+        "method": runs["tags.method"],
+        "backbone": runs["tags.backbone"],
+        "ratio": runs["tags.ratio"],
+        "ratio_r": runs["tags.ratio_r"].astype(int),
+        "mode": runs["params.mode"],
+        "budget": runs["params.budget"].astype(float),
+        "resample": runs["params.resample"].astype(int),
+        # run_downstream's default seed is 0; pretrain_seed is an optional tag.
+        "seed": _column(runs, "params.seed").fillna("0").astype(int),
+        "pretrain_seed": _column(runs, "tags.pretrain_seed").fillna("").astype(str),
+        "model_version": _column(runs, "tags.model_version").fillna("").astype(str),
+        "run_id": runs["run_id"],
+        **{name: _column(runs, f"metrics.eval_{name}").astype(float) for name in METRIC_NAMES},
+        "start_time": runs["start_time"],
+    })  # fmt: skip
+    # A cell evaluated twice (a rerun of the same model version on the same draw) counts once: the newest run.
+    repeated = [c for c in COLUMNS if c not in ("run_id", *METRIC_NAMES)]
+    results = results.sort_values("start_time").drop_duplicates(repeated, keep="last")
+    return sort_rows(results.sort_values(["ratio_r", *PAIR_KEYS]))[list(COLUMNS)]
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of the search result; MLflow leaves out a param, tag or metric that no run has."""
+    return runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
+
+
+def _check_complete(runs: pd.DataFrame, study_id: str) -> None:
+    for name in REQUIRED:
+        missing = runs[_column(runs, name).isna()]
+        if not missing.empty:
+            raise CytoError(f"{len(missing)} downstream runs of study {study_id} have no {name} (e.g. run "
+                            f"{missing['run_id'].iloc[0]}); the analysis needs it to group results")  # fmt: skip
+
+
+def pretrained(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of backbones pre-trained on a pool (everything but the external baseline)."""
+    return results[results["method"] != EXTERNAL]
+
+
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's row order: method, backbone, linear before fine-tuning, largest budget first."""
+    order = [c for c in ("method", "backbone", "mode", "budget") if c in df]
+    return df.sort_values(order, key=_sort_key, kind="stable").reset_index(drop=True)
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    if column.name == "method":  # the external baseline after the pre-trained methods
+        return column.eq(EXTERNAL).astype(int).astype(str) + column
+    if column.name == "mode":
+        return column.map(TRAINED_MODES.index)
+    return -column if column.name == "budget" else column
+
+
+def panels(results: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(method, backbone, mode) of every pre-trained backbone's evaluation: one figure panel or table block each."""
+    keys = sort_rows(pretrained(results)[["method", "backbone", "mode"]].drop_duplicates())
+    return list(keys.itertuples(index=False, name=None))
+
+
+def panel_rows(results: pd.DataFrame, method: str, backbone: str, mode: str) -> pd.DataFrame:
+    """The rows of one panel; with method EXTERNAL, the baseline that panel's backbone is compared with."""
+    return results[(results["method"] == method) & (results["backbone"] == backbone) & (results["mode"] == mode)]

@@ -1,0 +1,272 @@
+"""The study: the grid, bad input, exclusive claims, resume/grow on a real store, and two workers on a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from cyto_ssrl import study as study_module
+from cyto_ssrl import tracking
+from cyto_ssrl.config import STUDY_PRESETS, StudyConfig, SyntheticConfig
+from cyto_ssrl.errors import CytoError
+from cyto_ssrl.stages import run_tiles
+from cyto_ssrl.study import Worker, cell_runs, load_config, plan, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro(manifest: Path, **changes) -> StudyConfig:
+    """The smallest grid that still has every kind of cell: 2 ratios, MAE, an external baseline, 1 budget."""
+    fields = dict(ratios=("1:1", "1:2"), methods=("mae",), modes=("linear",), budgets=(50,), resamples=2,
+                  manifest=str(manifest), pool_size=64, analyses=False, external="random",
+                  pretrain_overrides={"epochs": 1, "batch_size": 16, "num_workers": 0})  # fmt: skip
+    return StudyConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """A small synthetic cohort, tiled once for the module (the studies here start from its manifest)."""
+    folder = tmp_path_factory.mktemp("cohort")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        # deposit 900 um: enough positive ssrl tiles for a 1:1 pool of 64 on 6 slides.
+        synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
+        return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic)[1]
+
+
+def finished_cells(study_id: str):
+    runs = cell_runs(study_id)
+    return runs[runs["status"] == "FINISHED"]
+
+
+# --- the grid ---
+
+
+def test_demo_and_paper_grids_have_every_cell_once_after_what_it_needs():
+    for name, expected in [("demo", 1 + 3 + 6 + 2 + 8 * (2 * 3 * 2 + 1) + 1), ("paper", 1 + 9 + 18 + 18 * (2 * 5 * 5 + 1) + 1)]:
+        cells = plan(STUDY_PRESETS[name])
+        keys = [c.key for c in cells]
+        assert len(keys) == len(set(keys)) == expected, name
+        seen = set()
+        for cell in cells:
+            assert set(cell.needs) <= seen, f"{cell.key} comes before what it needs"
+            seen.add(cell.key)
+    paper = [c.key for c in plan(STUDY_PRESETS["paper"])]
+    assert "pretrain/simclr/1:10000/s0" in paper and "downstream/pretrain/mae/1:500/s0/finetune/b1/r4" in paper
+
+
+def test_a_grown_study_keeps_every_cell_it_had():
+    small = {c.key for c in plan(STUDY_PRESETS["demo"])}
+    grown = {c.key for c in plan(load_config("demo", ratios=("1:1", "1:10", "1:100", "1:1000"), seeds=(0, 1)))}
+    assert small <= grown
+    assert {"pools/1:1000/s0", "pretrain/mae/1:1/s1", "pretrain/simclr/1:1000/s1"} <= grown - small
+
+
+def test_preset_from_a_json_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"ratios": ["1:1", "1:5"], "budgets": [10], "pool_size": 100}))
+    cfg = load_config(str(path), methods=("simclr",))
+    assert (cfg.ratios, cfg.budgets, cfg.pool_size, cfg.methods) == (("1:1", "1:5"), (10,), 100, ("simclr",))
+
+
+# --- bad input: one line, nothing written ---
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: load_config("nope"), "unknown study preset 'nope'"),
+    (lambda: run_study(load_config("demo", methods=("byol",)), "x"), "unknown method 'byol'"),
+    (lambda: run_study(load_config("demo", ratios=("1-10",)), "x"), "is not written 1:r"),
+    (lambda: run_study(load_config("demo", budgets=(150,)), "x"), "not in (0, 100]"),
+    (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
+    (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
+    (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
+])  # fmt: skip
+def test_bad_input_is_one_line_before_any_run(store, make, message):
+    with pytest.raises(CytoError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        make()
+    assert mlflow.search_runs(search_all_experiments=True).empty
+    assert not Path("outputs").exists()
+
+
+def test_an_unreachable_tracking_server_stops_the_study_before_any_work(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(CytoError, match="is unreachable"):
+        run_study(STUDY_PRESETS["demo"], "demo")
+    assert not Path("outputs").exists()
+
+
+# --- claims ---
+
+
+def test_workers_in_parallel_take_every_cell_exactly_once(store, manifest, monkeypatch):
+    """Three workers on one grid whose cells only log a run: the claims alone keep them from doubling work."""
+    monkeypatch.setattr(study_module, "POLL_S", 0.2)
+    done: list[str] = []
+
+    def fake_work(self, cell):
+        with tracking.stage_run(cell.stage, {"cell": cell.key}):
+            done.append(cell.key)
+            if cell.stage in ("pretrain", "external"):
+                tracking.set_tags({"model_uri": f"models:/fake/{cell.key}"})
+            time.sleep(0.05)
+
+    for stage in ("pools", "pretrain", "external", "downstream", "analysis"):
+        monkeypatch.setattr(Worker, f"_do_{stage}", fake_work)
+    cfg = micro(manifest, resamples=3)
+    with tracking.stage_run("study", {}, {"study": "claims"}) as parent:
+        workers = [Worker("claims", cfg, parent.info.run_id, parent.info.experiment_id) for _ in range(3)]
+        threads = [threading.Thread(target=worker.run) for worker in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    keys = [c.key for c in plan(cfg)][:-1]
+    assert sorted(done[:-1]) == sorted(keys) and done[-1].startswith("analysis/")
+    finished = finished_cells("claims")
+    assert len(finished) == len(keys) + 1 and finished["key"].is_unique
+    assert set(cell_runs("claims")["status"]) == {"FINISHED"}  # lost claims were deleted, not left behind
+
+
+def test_a_dead_workers_claim_goes_stale_and_is_taken_over(store, manifest, monkeypatch):
+    cfg = micro(manifest)
+    with tracking.stage_run("study", {}, {"study": "stale"}) as parent:
+        worker = Worker("stale", cfg, parent.info.run_id, parent.info.experiment_id)
+        cell = worker.cells[0]  # pools/1:1/s0
+        tags = {"stage": "pools", "study": "stale", "study_cell": cell.key}
+        live = tracking.create_run(parent.info.experiment_id, cell.key, {**tags, "heartbeat": time.time()})
+        worker._refresh()
+        assert worker._claim(cell) is None  # a live claim is respected
+        tracking.end_run(live, "KILLED")
+        dead = tracking.create_run(parent.info.experiment_id, cell.key, {**tags, "heartbeat": time.time() - 3600})
+        worker._refresh()
+        claimed = worker._claim(cell)
+    assert claimed is not None and MlflowClient().get_run(dead).info.status == "FAILED"
+
+
+# --- a real study on a real store ---
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_repairs_and_grows(store, manifest):
+    cfg = micro(manifest)
+    folder = run_study(cfg, "micro", "micro")
+    cells = [c.key for c in plan(cfg)][:-1]
+    finished = finished_cells("micro")
+    assert set(cells) < set(finished["key"]) and finished["key"].is_unique
+    assert (folder / "curves_acc.png").is_file() and (folder / "table_acc.md").is_file()
+    study_run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'").iloc[0]
+    assert study_run["metrics.cells_done"] == study_run["metrics.cells_total"] == len(cells) + 1
+    assert set(finished["tags.mlflow.parentRunId"]) == {study_run["run_id"]}
+    versions = MlflowClient().search_model_versions("name = 'cyto-mae-vit_tiny'")
+    assert sorted(v.tags["ratio"] for v in versions) == ["1:1", "1:2"]
+    assert MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r2").tags["ratio"] == "1:2"
+    downstream = finished[finished["tags.stage"] == "downstream"]
+    assert len(downstream) == 3 * 2 and set(downstream["tags.ratio"]) == {"1:1", "1:2", "external"}
+
+    # Same study again: nothing to do, no new cell run.
+    n_runs = len(mlflow.search_runs(search_all_experiments=True))
+    run_study(cfg, "micro", "micro")
+    assert len(mlflow.search_runs(search_all_experiments=True)) == n_runs + 1  # only the new study run
+
+    # A failed cell (and only it) runs again, then the analysis of the repaired grid.
+    broken = downstream.iloc[0]
+    tracking.end_run(broken["run_id"], "FAILED")
+    before = set(cell_runs("micro")["run_id"])
+    run_study(cfg, "micro", "micro")
+    new = cell_runs("micro")
+    new = new[~new["run_id"].isin(before)]
+    assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "downstream"]
+    assert new[new["tags.stage"] == "downstream"]["key"].iloc[0] == broken["key"]
+
+    # Other settings under the same id are refused, naming what differs.
+    with pytest.raises(CytoError, match="pool_size was '64', now '32'"):
+        run_study(micro(manifest, pool_size=32), "micro")
+
+    # A grown study (a new ratio) runs only the new cells.
+    before = set(cell_runs("micro")["run_id"])
+    run_study(micro(manifest, ratios=("1:1", "1:2", "1:3")), "micro", "micro")
+    new = cell_runs("micro")
+    new = new[~new["run_id"].isin(before)]
+    assert sorted(new["key"]) == sorted(["pools/1:3/s0", "pretrain/mae/1:3/s0",
+                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
+                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1",
+                                         *new["key"][new["key"].str.startswith("analysis/")]])  # fmt: skip
+
+
+# --- two workers against a real tracking server ---
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `mlflow server` (SQLite store, served artifact root) on 127.0.0.1, started by the project's command."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri",
+                                f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "artifacts")],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+    yield uri
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_workers_share_a_study_on_a_tracking_server(tmp_path, manifest, server, monkeypatch):
+    preset = tmp_path / "micro.json"
+    cfg = micro(manifest)
+    preset.write_text(json.dumps({k: v for k, v in vars(cfg).items() if k != "output"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN") and k != "MLFLOW_EXPERIMENT_ID"}
+    env.update(MLFLOW_TRACKING_URI=server, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "entrypoints.study", "--preset", str(preset), "--study", "shared"]
+    # One command with 2 workers (it starts the second itself) and one more started by hand at the same time.
+    processes = [subprocess.Popen(command + ["--workers", str(n)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for n in (2, 1)]  # fmt: skip
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    mlflow.set_tracking_uri(server)
+    runs = cell_runs("shared")
+    keys = [c.key for c in plan(cfg)][:-1]
+    finished = runs[runs["status"] == "FINISHED"]
+    assert set(keys) < set(finished["key"])
+    assert runs["key"].is_unique, runs.groupby("key").size().loc[lambda n: n > 1]  # no cell ran twice
+    assert set(runs["status"]) == {"FINISHED"}  # and no run was lost or left RUNNING
+    study_runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'")
+    assert len(study_runs) == 2 and set(study_runs["status"]) == {"FINISHED"}
+    assert set(finished["tags.mlflow.parentRunId"]) <= set(study_runs["run_id"])
+    print("cells per worker:", finished.groupby("tags.study_worker").size().to_dict())
+    version = MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r2")
+    assert version.tags["ratio"] == "1:2"

@@ -19,6 +19,9 @@ from cyto_ssrl.train import LoopConfig, lr_at
 
 # Called after every epoch with {"val_acc": ..., "train_loss": ...}: logs the curve, or reports to an Optuna trial.
 EpochCallback = Callable[[int, dict[str, float]], None]
+# Training features: a tensor, or a function called every epoch that returns them. The function lets
+# benchmarks/probe_grid.py re-encode the images every epoch, the baseline the feature cache is timed against.
+TrainFeatures = torch.Tensor | Callable[[], torch.Tensor]
 
 
 def accuracy(scores: np.ndarray, y) -> float:
@@ -68,25 +71,26 @@ def probe_scores(head: nn.Module, features: torch.Tensor) -> np.ndarray:
     return positive_scores(head(features))
 
 
-def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+def train_probe(train_x: TrainFeatures, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                 loop: LoopConfig, on_epoch: EpochCallback | None = None) -> tuple[nn.Module, BestEpoch]:  # fmt: skip
     """SGD (momentum 0.9) on the head for loop.epochs; returns the head of the best validation epoch."""
     torch.manual_seed(loop.seed)
-    head = linear_head(train_x.shape[1])
+    head = linear_head(val_x.shape[1])  # from val_x: train_x may be a function
     optimizer = torch.optim.SGD(head.parameters(), lr=loop.lr, momentum=0.9, weight_decay=loop.weight_decay)
     order_rng = torch.Generator().manual_seed(loop.seed)
     # Only full batches: BatchNorm cannot normalise a last batch of one.
-    steps = len(train_x) // loop.batch_size
+    steps = len(train_y) // loop.batch_size
     best = BestEpoch(head, on_epoch)
     for epoch in range(loop.epochs):
+        epoch_x = train_x() if callable(train_x) else train_x
         head.train()
-        order = torch.randperm(len(train_x), generator=order_rng)
+        order = torch.randperm(len(train_y), generator=order_rng)
         total = 0.0
         for i in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch + i / steps, loop)
             batch = order[i * loop.batch_size : (i + 1) * loop.batch_size]
-            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+            loss = F.cross_entropy(head(epoch_x[batch]), train_y[batch])
             if not torch.isfinite(loss):
                 raise CytoError(f"probe loss is {loss.item()} at epoch {epoch} step {i}; lower the lr")
             optimizer.zero_grad()

@@ -97,3 +97,20 @@ def panels(results: pd.DataFrame) -> list[tuple[str, str, str]]:
 def panel_rows(results: pd.DataFrame, method: str, backbone: str, mode: str) -> pd.DataFrame:
     """The rows of one panel; with method EXTERNAL, the baseline that panel's backbone is compared with."""
     return results[(results["method"] == method) & (results["backbone"] == backbone) & (results["mode"] == mode)]
+
+
+# The analyses run's scores of a frozen backbone (k-NN on the downstream partition, k-means and SVM on evaluation).
+REPRESENTATION_METRICS = ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc")
+
+
+def representation_results(study_id: str) -> pd.DataFrame:
+    """One row per finished analyses run: method, backbone, ratio, ratio_r and REPRESENTATION_METRICS (empty if none)."""
+    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'downstream' "
+                                "and params.mode = 'analyses' and attributes.status = 'FINISHED'")  # fmt: skip
+    if runs.empty:
+        return pd.DataFrame(columns=["method", "backbone", "ratio", "ratio_r", *REPRESENTATION_METRICS])
+    return sort_rows(pd.DataFrame({
+        "method": runs["tags.method"], "backbone": runs["tags.backbone"], "ratio": runs["tags.ratio"],
+        "ratio_r": runs["tags.ratio_r"].astype(int),
+        **{name: _column(runs, f"metrics.{name}").astype(float) for name in REPRESENTATION_METRICS},
+    }).sort_values("ratio_r"))  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import METRIC_LABELS, plot_boxes, plot_curves
-from analysis.query import downstream_results, pretrained
+from analysis.query import downstream_results, pretrained, representation_results
 from analysis.stats import ALPHA, drops, markdown_drops
 from analysis.tables import markdown_table, numeric_table, summary
 from cyto_ssrl import tracking
@@ -30,6 +30,10 @@ def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, met
     params = {"study": study_id, "output": output, "ratio": ratio_label(box_ratio), "metrics": ",".join(metrics)}
     with tracking.stage_run("analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}"):
         files = [tracking.log_table(results, output / "results.csv")]
+        representation = representation_results(study_id)
+        if not representation.empty:
+            files += [tracking.log_table(representation.round(4), output / f"representation.{suffix}")
+                      for suffix in ("md", "csv")]  # fmt: skip
         for metric in metrics:
             files += _metric_outputs(results, metric, box_ratio, study_id, output)
         readme = output / "README.md"
@@ -66,6 +70,8 @@ def _metric_outputs(results: pd.DataFrame, metric: str, box_ratio: int, study_id
 # What each kind of file holds, by the start of its name.
 FILE_DESCRIPTIONS = {
     "results": "every finished downstream run: one row per run, metrics as fractions (0-1)",
+    "representation": "frozen features of each backbone: best k-NN weighted F1, k-means agreement with the labels "
+                      "(AMI, ARI, purity), 5-fold linear-SVM accuracy and AUC",
     "curves": "metric (%) against the pre-training ratio, one line per label budget, mean ± std over resamplings; "
               "dashed: external baseline (paper Fig. 7)",
     "table": "mean ± std (%) over resamplings, rows method x mode x budget, columns ratio (paper Tables 5/6); "

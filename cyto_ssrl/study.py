@@ -143,6 +143,10 @@ def validate(cfg: StudyConfig, workers: int) -> None:
             raise CytoError(f"tile manifest {cfg.manifest} does not exist")
     else:
         preset(TILE_PRESETS, cfg.tile_preset)
+        if cfg.source not in ("synthetic", "slides", "cells"):
+            raise CytoError(f"unknown tile source {cfg.source!r}; choose slides, cells or synthetic")
+        if cfg.source != "synthetic" and not (cfg.input and Path(cfg.input).is_dir()):
+            raise CytoError(f"source {cfg.source!r} needs input, a folder of slides or cell crops ({cfg.input} is not)")
     for weights in external_weights(cfg).values():
         if weights != "random" and not Path(weights).is_file():
             raise CytoError(f"external weights {weights} do not exist (nothing is downloaded: give a local file)")

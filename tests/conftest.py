@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -34,3 +35,27 @@ def store(tmp_path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextlib.contextmanager
+def private_store(folder: Path):
+    """Work in `folder` with its own SQLite store, whatever the environment points at (for module-scoped fixtures)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """The manifest of a small synthetic cohort tiled once by the real stage 1 (6 slides, 64 px tiles)."""
+    from cyto_ssrl.config import SyntheticConfig
+    from cyto_ssrl.stages import run_tiles
+
+    folder = tmp_path_factory.mktemp("cohort")
+    with private_store(folder):
+        # deposit 900 um: at 600 the ssrl partition holds too few positives for a 1:1 pool of 64.
+        synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
+        return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic)[1]

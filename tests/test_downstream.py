@@ -14,7 +14,6 @@ import torch
 from mlflow import MlflowClient
 
 from cyto_ssrl.cli import main
-from cyto_ssrl.config import SyntheticConfig
 from cyto_ssrl.downstream import run as downstream_run
 from cyto_ssrl.downstream.budgets import draw_budget, parse_budgets
 from cyto_ssrl.downstream.config import PAPER_BUDGETS
@@ -23,7 +22,8 @@ from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.downstream.run import prepare, run_downstream
 from cyto_ssrl.downstream.tune import run_tune
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.stages import run_pretrain, run_tiles
+from cyto_ssrl.stages import run_pretrain
+from tests.conftest import private_store
 
 EVAL_METRICS = [f"eval_{name}" for name in METRIC_NAMES]
 MODEL = "cyto-mae-vit_tiny"
@@ -61,20 +61,13 @@ def test_infeasible_and_out_of_range_budgets():
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered(tmp_path_factory, small_cohort):
     """One tiny MAE backbone pre-trained by the real stages on a synthetic cohort, in a store every test copies."""
     folder = tmp_path_factory.mktemp("backbone")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
-        # deposit 900 um: at 600 the ssrl partition holds too few positives for a 1:1 pool of 64.
-        synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
-        _, manifest = run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic)
-        _, uri = run_pretrain("mae", "1:1", manifest=str(manifest), pool_size=64, epochs=1, batch_size=16,
+    with private_store(folder):
+        _, uri = run_pretrain("mae", "1:1", manifest=str(small_cohort), pool_size=64, epochs=1, batch_size=16,
                               num_workers=0)  # fmt: skip
-    return folder / "mlruns.db", uri, manifest
+    return folder / "mlruns.db", uri, small_cohort
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from mlflow import MlflowClient
 
 from cyto_ssrl import study as study_module
 from cyto_ssrl import tracking
-from cyto_ssrl.config import STUDY_PRESETS, StudyConfig, SyntheticConfig
+from cyto_ssrl.config import STUDY_PRESETS, StudyConfig
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.stages import run_tiles
 from cyto_ssrl.study import Worker, cell_runs, load_config, plan, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +33,9 @@ def micro(manifest: Path, **changes) -> StudyConfig:
     return StudyConfig(**{**fields, **changes})
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """A small synthetic cohort, tiled once for the module (the studies here start from its manifest)."""
-    folder = tmp_path_factory.mktemp("cohort")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
-        # deposit 900 um: enough positive ssrl tiles for a 1:1 pool of 64 on 6 slides.
-        synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
-        return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic)[1]
+@pytest.fixture
+def manifest(small_cohort) -> Path:
+    return small_cohort
 
 
 def finished_cells(study_id: str):
@@ -94,6 +84,7 @@ def test_preset_from_a_json_file(tmp_path):
     (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
     (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
     (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
+    (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_before_any_run(store, make, message):
     with pytest.raises(CytoError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -162,7 +153,7 @@ def test_a_dead_workers_claim_goes_stale_and_is_taken_over(store, manifest, monk
 
 @pytest.mark.slow
 def test_study_runs_resumes_repairs_and_grows(store, manifest):
-    cfg = micro(manifest)
+    cfg = micro(manifest, analyses=True)
     folder = run_study(cfg, "micro", "micro")
     cells = [c.key for c in plan(cfg)][:-1]
     finished = finished_cells("micro")
@@ -174,8 +165,10 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     versions = MlflowClient().search_model_versions("name = 'cyto-mae-vit_tiny'")
     assert sorted(v.tags["ratio"] for v in versions) == ["1:1", "1:2"]
     assert MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r2").tags["ratio"] == "1:2"
-    downstream = finished[finished["tags.stage"] == "downstream"]
+    downstream = finished[(finished["tags.stage"] == "downstream") & (finished["params.mode"] == "linear")]
     assert len(downstream) == 3 * 2 and set(downstream["tags.ratio"]) == {"1:1", "1:2", "external"}
+    representation = (folder / "representation.csv").read_text().splitlines()
+    assert len(representation) == 1 + 3 and "svm_acc" in representation[0]
 
     # Same study again: nothing to do, no new cell run.
     n_runs = len(mlflow.search_runs(search_all_experiments=True))
@@ -194,16 +187,16 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
 
     # Other settings under the same id are refused, naming what differs.
     with pytest.raises(CytoError, match="pool_size was '64', now '32'"):
-        run_study(micro(manifest, pool_size=32), "micro")
+        run_study(micro(manifest, analyses=True, pool_size=32), "micro")
 
     # A grown study (a new ratio) runs only the new cells.
     before = set(cell_runs("micro")["run_id"])
-    run_study(micro(manifest, ratios=("1:1", "1:2", "1:3")), "micro", "micro")
+    run_study(micro(manifest, analyses=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro")
     new = cell_runs("micro")
     new = new[~new["run_id"].isin(before)]
     assert sorted(new["key"]) == sorted(["pools/1:3/s0", "pretrain/mae/1:3/s0",
                                          "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
-                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1",
+                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1", "analyses/pretrain/mae/1:3/s0",
                                          *new["key"][new["key"].str.startswith("analysis/")]])  # fmt: skip
 
 

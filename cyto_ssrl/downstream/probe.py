@@ -34,7 +34,11 @@ def positive_scores(logits: torch.Tensor) -> np.ndarray:
 
 
 class BestEpoch:
-    """Validation accuracy after each epoch; keeps a copy of the weights of the best (the earliest on ties)."""
+    """Validation accuracy after each epoch; keeps a copy of the weights of the best (the latest on ties).
+
+    Small budgets validate on a handful of tiles, so accuracies tie often; among equals the later epoch has
+    trained longer, where the earliest is often the barely trained head that predicts one class.
+    """
 
     def __init__(self, model: nn.Module, on_epoch: EpochCallback | None = None):
         self.model = model
@@ -49,7 +53,7 @@ class BestEpoch:
 
     def update(self, epoch: int, val_acc: float, train_loss: float) -> None:
         self.val_accs.append(val_acc)
-        if self.state is None or val_acc > self.val_acc:
+        if self.state is None or val_acc >= self.val_acc:
             self.epoch = epoch
             self.state = copy.deepcopy(self.model.state_dict())
         if self.on_epoch is not None:

@@ -200,3 +200,20 @@ def test_finetune_logs_the_six_evaluation_metrics(model):
     assert [m.step for m in history] == list(range(int(runs["params.epochs"].iloc[0])))
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
     assert {"confusion_matrix.png", "roc.png", "budget_split.csv"} <= artifacts
+
+
+def test_tune_prunes_trials_that_fall_behind_the_median(model, store):
+    """Optuna's median pruner on per-epoch validation accuracy: after 5 finished trials, poor lrs stop early."""
+    import optuna
+
+    parent, _ = run_tune(model, "linear", budget=10, n_trials=14)
+    trials = children(parent)
+    pruned = trials[trials["tags.pruned"] == "true"] if "tags.pruned" in trials else trials.iloc[:0]
+    assert len(pruned) >= 1 and set(trials["status"]) == {"FINISHED"}  # a pruned trial stopped; it did not fail
+    epochs = int(trials["params.epochs"].iloc[0])
+    for run_id in pruned["run_id"]:
+        assert len(MlflowClient().get_metric_history(run_id, "val_acc")) < epochs
+    storage = f"sqlite:///{Path(store.removeprefix('sqlite:///')).with_name('optuna.db')}"
+    study = optuna.load_study(study_name=mlflow.get_run(parent).data.tags["study_name"], storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -33,8 +34,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from cyto_ssrl import tracking
-from cyto_ssrl.config import (PRETRAIN_PRESETS, STUDY_AXES, STUDY_PRESETS, TILE_PRESETS, StudyConfig, flatten,
-                              preset, pretrain_preset_name)  # fmt: skip
+from cyto_ssrl.config import (PRETRAIN_PRESETS, STUDY_AXES, STUDY_PRESETS, TILE_PRESETS, PretrainConfig,
+                              StudyConfig, flatten, preset, pretrain_preset_name)  # fmt: skip
 from cyto_ssrl.data.pools import parse_ratio, ratio_label
 from cyto_ssrl.downstream.budgets import budget_label, check_budget
 from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS
@@ -101,7 +102,7 @@ def settings(cfg: StudyConfig) -> dict[str, str]:
     return {f"cfg.{k}": str(v) for k, v in flatten(cfg).items() if k not in STUDY_AXES}
 
 
-def pretrain_config(cfg: StudyConfig, method: str):
+def pretrain_config(cfg: StudyConfig, method: str) -> tuple[str, PretrainConfig]:
     name = pretrain_preset_name(cfg.pretrain_preset, method)
     return name, preset(PRETRAIN_PRESETS, name, method=method, **cfg.pretrain_overrides)
 
@@ -120,8 +121,20 @@ def external_weights(cfg: StudyConfig) -> dict[str, str]:
     return given
 
 
-def validate(cfg: StudyConfig, workers: int) -> None:
+def validate(cfg: StudyConfig, study_id: str, workers: int) -> None:
     """Every input the grid depends on, checked before any run starts."""
+    if not re.fullmatch(r"[\w.-]+", study_id):
+        raise CytoError(f"study id {study_id!r} may hold only letters, digits, '_', '-' and '.'")
+    _check_axes(cfg)
+    _check_inputs(cfg)
+    if workers < 1:
+        raise CytoError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and not tracking.configure().startswith("http"):
+        raise CytoError(f"workers={workers} share the grid through a tracking server: start one with "
+                        "`python -m entrypoints.server` and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")  # fmt: skip
+
+
+def _check_axes(cfg: StudyConfig) -> None:
     if not cfg.ratios or not cfg.methods or not cfg.seeds:
         raise CytoError("a study needs at least one ratio, method and seed")
     for ratio in cfg.ratios:
@@ -137,6 +150,9 @@ def validate(cfg: StudyConfig, workers: int) -> None:
         check_budget(budget)
     if cfg.resamples < 1:
         raise CytoError(f"resamples must be at least 1, got {cfg.resamples}")
+
+
+def _check_inputs(cfg: StudyConfig) -> None:
     preset(DOWNSTREAM_PRESETS, cfg.downstream_preset)
     if cfg.manifest:
         if not Path(cfg.manifest).is_file():
@@ -150,11 +166,6 @@ def validate(cfg: StudyConfig, workers: int) -> None:
     for weights in external_weights(cfg).values():
         if weights != "random" and not Path(weights).is_file():
             raise CytoError(f"external weights {weights} do not exist (nothing is downloaded: give a local file)")
-    if workers < 1:
-        raise CytoError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and not tracking.configure().startswith("http"):
-        raise CytoError(f"workers={workers} share the grid through a tracking server: start one with "
-                        "`python -m entrypoints.server` and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")  # fmt: skip
 
 
 def check_settings(study_id: str, cfg: StudyConfig) -> None:
@@ -427,7 +438,7 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
     The call is one `study` run (under `mlflow run`, the run MLflow made). It works through the grid itself and,
     with workers > 1, starts workers - 1 more processes on the same grid.
     """
-    validate(cfg, workers)
+    validate(cfg, study_id, workers)
     check_settings(study_id, cfg)
     folder = study_dir(cfg, study_id)
     params = {"study": study_id, "preset": preset_name, "workers": workers, **settings(cfg),

@@ -85,6 +85,7 @@ def test_preset_from_a_json_file(tmp_path):
     (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
     (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
     (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
+    (lambda: run_study(StudyConfig(), "it's"), "study id \"it's\" may hold only"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_before_any_run(store, make, message):
     with pytest.raises(CytoError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):

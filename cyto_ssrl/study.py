@@ -228,6 +228,7 @@ class Worker:
         self.failed: dict[str, str] = {}
         self.runs = pd.DataFrame()
         self._setups: dict = {}
+        self._held: list[str] = []
 
     def run(self) -> dict[str, str]:
         """Work until every cell is done or blocked by a failure; returns {cell key: error} of this worker's."""
@@ -240,12 +241,19 @@ class Worker:
             if ready:
                 self._take(ready[0])
             elif any(c.key in live for c in todo):
+                self._say_waiting(sorted(live))
                 time.sleep(POLL_S)  # the rest waits on cells other workers are running
             else:
                 break  # what is left depends on a failed cell
         if self.bar is not None:
             self.bar.close()
         return self.failed
+
+    def _say_waiting(self, held: list[str]) -> None:
+        if held != self._held:
+            tqdm.write(f"waiting for {len(held)} cell(s) other workers hold, e.g. {held[0]} (a killed worker's cells "
+                       f"are taken over {STALE_S:.0f} s after its last heartbeat)")  # fmt: skip
+            self._held = held
 
     def unfinished(self) -> list[str]:
         done, _ = self._refresh()

@@ -7,6 +7,7 @@ fields and a scanner's SVS go through the same code.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,28 +60,25 @@ class Geometry:
         return slide.get_best_level_for_downsample(self.extent / self.tile_size * 1.01)
 
 
-def read_tiles(slide: openslide.AbstractSlide, geometry: Geometry, level: int, coords: np.ndarray) -> list[Image.Image]:
-    """Tiles at level-0 (x, y) coords, resampled to tile_size at the target um/px.
+def read_tiles(slide: openslide.AbstractSlide, geometry: Geometry, level: int,
+               coords: np.ndarray) -> Iterator[Image.Image]:  # fmt: skip
+    """Tiles at level-0 (x, y) coords, resampled to tile_size at the target um/px, one read_region per tile.
 
-    Neighbouring tiles are read as one region and cropped: each stored slide tile is then decoded once, not
-    once per overlapping output tile, which is what makes tiling faster than a per-tile read_region loop.
+    Reading a block of neighbouring tiles as one region and cropping was measured 10 % slower: OpenSlide's
+    cost is per pixel painted (its compositing, not the JPEG decode: decoded slide tiles stay in its cache), and
+    a block also paints the pixels between planned tiles.
     """
-    downsample = slide.level_downsamples[level]
-    side = max(1, round(geometry.extent / downsample))
-    x0, y0 = coords.min(axis=0)
-    width, height = (np.round((coords.max(axis=0) - (x0, y0)) / downsample).astype(int) + side).tolist()
-    region = _to_rgb(slide.read_region((int(x0), int(y0)), level, (width, height)))
-    # Shrinking averages the pixels a target pixel covers (BOX, the cheapest anti-aliased filter); enlarging
-    # (a scanner coarser than the target) interpolates.
+    side = max(1, round(geometry.extent / slide.level_downsamples[level]))
+    # The read level is the coarsest still as fine as the target, so a tile shrinks by less than one level step
+    # (0.243 -> 0.293 um/px: 1.2x). BOX averages the source pixels under each target pixel: anti-aliased, so
+    # chromatin texture does not alias in the training data, and the cheapest such filter (BILINEAR costs 30 %
+    # more, NEAREST aliases). Enlarging (a scanner coarser than the target) interpolates.
     resample = Image.Resampling.BOX if side > geometry.tile_size else Image.Resampling.BILINEAR
-    tiles = []
     for x, y in coords:
-        left, top = round((x - x0) / downsample), round((y - y0) / downsample)
-        tile = region.crop((left, top, left + side, top + side))
+        tile = _to_rgb(slide.read_region((int(x), int(y)), level, (side, side)))
         if side != geometry.tile_size:
             tile = tile.resize((geometry.tile_size, geometry.tile_size), resample)
-        tiles.append(tile)
-    return tiles
+        yield tile
 
 
 def _to_rgb(region: Image.Image) -> Image.Image:

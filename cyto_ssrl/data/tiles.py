@@ -1,6 +1,6 @@
 """Stage 1: slides (or cell crops) in, labelled tiles and a Parquet manifest out.
 
-plan (main process: discover slides, mpp, deposit grid, labels) -> split by patient -> cut (worker processes over
+plan (worker processes over slides: mpp, deposit grid, labels) -> split by patient -> cut (worker processes over
 tile batches) -> manifest. Tiles are written into a staging folder and the manifest under a temporary name; both
 move into place only when every tile is written, so a failed run leaves the previous output as it was.
 """
@@ -27,7 +27,7 @@ MANIFEST_COLUMNS = [
     "tile_id", "slide_id", "patient_id", "partition", "x", "y", "extent", "level", "source_mpp", "target_mpp",
     "tile_size", "label", "slide_label", "deposit_fraction", "source", "source_path", "path",
 ]  # fmt: skip
-BLOCK_PX = 2048  # neighbouring tiles are read as one region up to this many pixels a side
+JOB_TILES = 6  # a worker job is a square of up to this many tiles a side
 CELL_CHUNK = 64  # cell crops per worker job
 
 
@@ -97,12 +97,15 @@ def plan_slides(input_dir: Path, cfg: TileConfig, annotations: str | Path | None
     slides = discover_slides(input_dir)
     table = _slide_table(input_dir)
     csv_cells = ann.read_csv_points(Path(annotations), cfg.csv) if _is_csv(annotations) else None
-    plans = []
-    for slide_id, path in tqdm(slides.items(), desc="planning slides", unit="slide"):
-        meta = table.get(slide_id, {})
-        cells = _slide_cells(path, annotations, csv_cells, cfg)
-        plans.append(plan_slide(slide_id, path, meta, cells, cfg))
-    return pd.concat(plans, ignore_index=True)
+    jobs = [(slide_id, path, table.get(slide_id, {}), _slide_cells(path, annotations, csv_cells, cfg), cfg)
+            for slide_id, path in slides.items()]  # fmt: skip
+    # Slides are planned side by side: the deposit check reads a whole pyramid level per slide.
+    plans = _map(_plan_job, jobs, cfg.workers)
+    return pd.concat(list(tqdm(plans, total=len(jobs), desc="planning slides", unit="slide")), ignore_index=True)
+
+
+def _plan_job(job) -> pd.DataFrame:
+    return plan_slide(*job)
 
 
 def _is_csv(path) -> bool:
@@ -212,9 +215,10 @@ def write_tiles(plan: pd.DataFrame, output_dir: Path, cfg: TileConfig) -> pd.Dat
     """Cut every planned tile in worker processes, then move tiles and manifest into place together."""
     final, staging = output_dir / "tiles", output_dir / ".tiles.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    plan = plan.assign(path=[str(final / s / f"{t}.{cfg.image_format}") for s, t in zip(plan.slide_id, plan.tile_id)])
+    names = [f"{s}/{t}.{cfg.image_format}" for s, t in zip(plan["slide_id"], plan["tile_id"])]
+    plan = plan.assign(path=[f"{final}/{n}" for n in names])
     try:
-        _cut_all(plan, final, staging, cfg)
+        _cut_all(plan.assign(target=[f"{staging}/{n}" for n in names]), staging, cfg)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -225,32 +229,26 @@ def write_tiles(plan: pd.DataFrame, output_dir: Path, cfg: TileConfig) -> pd.Dat
     return manifest
 
 
-def _cut_all(plan: pd.DataFrame, final: Path, staging: Path, cfg: TileConfig) -> None:
-    plan = plan.assign(target=[str(staging / Path(p).relative_to(final)) for p in plan["path"]])
-    for folder in {str(Path(t).parent) for t in plan["target"]}:
-        os.makedirs(folder, exist_ok=True)
-    jobs = [(rows, cfg) for _, rows in plan.groupby(_job_keys(plan), sort=False)]
+def _cut_all(plan: pd.DataFrame, staging: Path, cfg: TileConfig) -> None:
+    for slide_id in plan["slide_id"].unique():
+        os.makedirs(staging / slide_id, exist_ok=True)
+    # Workers get only what they read, not the whole manifest row.
+    rows = plan[["source", "source_path", "source_mpp", "level", "x", "y", "target"]]
+    jobs = [(job, cfg) for _, job in rows.groupby(_job_keys(plan), sort=False)]
     with tqdm(total=len(plan), desc="cutting tiles", unit="tile") as bar:
-        if cfg.workers <= 1:
-            for job in jobs:
-                bar.update(_cut_job(job))
-            return
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-            for done in pool.map(_cut_job, jobs):
-                bar.update(done)
+        for done in _map(_cut_job, jobs, cfg.workers):
+            bar.update(done)
 
 
-def _job_keys(plan: pd.DataFrame) -> pd.Series:
-    """One job per block of neighbouring tiles of a slide (read as one region); cell crops in fixed chunks."""
-    keys = []
-    for n, row in enumerate(plan.itertuples()):
-        if row.source == "cells":
-            keys.append(("cells", n // CELL_CHUNK))
-            continue
-        side = row.extent / _open_cached(row.source_path).level_downsamples[row.level]
-        block = max(1, int(BLOCK_PX // side))
-        keys.append((row.source_path, round(row.x / row.extent) // block, round(row.y / row.extent) // block))
-    return pd.Series(keys, index=plan.index)
+def _job_keys(plan: pd.DataFrame) -> list:
+    """One job per square of up to JOB_TILES x JOB_TILES neighbouring tiles of a slide; cell crops in fixed chunks.
+
+    Neighbours share slide tiles, which then stay in the worker's OpenSlide cache from one read to the next.
+    """
+    if plan["source"].iloc[0] == "cells":
+        return [np.arange(len(plan)) // CELL_CHUNK]
+    column, row = (np.round(plan[axis] / plan["extent"]) // JOB_TILES for axis in ("x", "y"))
+    return [plan["source_path"], column, row]
 
 
 def _cut_job(job) -> int:
@@ -258,7 +256,7 @@ def _cut_job(job) -> int:
     if rows["source"].iloc[0] == "cells":
         from cyto_ssrl.data.cells import crop_tile
 
-        images = [crop_tile(path, cfg) for path in rows["source_path"]]
+        images = (crop_tile(path, cfg) for path in rows["source_path"])
     else:
         first = rows.iloc[0]
         geometry = Geometry(first["source_mpp"], cfg.target_mpp, cfg.tile_size)
@@ -270,6 +268,18 @@ def _cut_job(job) -> int:
         else:
             image.save(target)
     return len(rows)
+
+
+def _map(fn, jobs: list, workers: int):
+    """fn over jobs in order, in up to `workers` processes (no pool for a single job or worker)."""
+    if min(workers, len(jobs)) <= 1:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        try:
+            yield from pool.map(fn, jobs)
+        finally:
+            pool.shutdown(cancel_futures=True)  # a failed job reports at once, not after every queued job has run
 
 
 @functools.lru_cache(maxsize=4)

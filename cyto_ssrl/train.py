@@ -54,21 +54,59 @@ def make_loader(dataset: Dataset, cfg: LoopConfig, accelerator: Accelerator, shu
                 collate_fn=None) -> DataLoader:  # fmt: skip
     """A loader whose order and augmentations depend only on (seed, epoch), so a resumed run sees the same data.
 
-    Each process reads its own shard (DistributedSampler); `set_loader_epoch` reseeds order and workers.
+    Each process reads its own shard (`_SeededSampler`, a DistributedSampler); `set_loader_epoch` moves it on.
+    Workers persist across epochs: restarting them every epoch forks the whole training process again, which
+    costs tens of ms per epoch plus copy-on-write page faults in the trainer (see benchmarks/pretrain_throughput.py).
+    Persistent workers keep their RNG between epochs, so every sample is augmented under its own seed instead.
     """
-    sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                                 shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)  # fmt: skip
+    sampler = _SeededSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                             shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)  # fmt: skip
     if len(dataset) // accelerator.num_processes < cfg.batch_size and drop_last:
         raise CytoError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} on each of "
                         f"{accelerator.num_processes} process(es); lower batch_size")  # fmt: skip
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      drop_last=drop_last, generator=torch.Generator(), collate_fn=collate_fn,
-                      persistent_workers=False)  # fmt: skip
+    # On a CPU device the workers share cores with the model's intra-op threads; a preempted thread stalls the
+    # whole parallel op, so there the workers only take CPU the model leaves idle.
+    worker_init_fn = _lower_priority if accelerator.device.type == "cpu" else None
+    return DataLoader(_SeededDataset(dataset), batch_size=cfg.batch_size, sampler=sampler,
+                      num_workers=cfg.num_workers, drop_last=drop_last, generator=torch.Generator(),
+                      collate_fn=collate_fn, persistent_workers=cfg.num_workers > 0,
+                      worker_init_fn=worker_init_fn)  # fmt: skip
+
+
+class _SeededSampler(DistributedSampler):
+    """Yields (index, seed): the seed of a sample's augmentations is a function of (seed, epoch, index) alone,
+    so it does not depend on the number of workers, which worker loads the sample, or what ran before."""
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index) % 2**63
+
+
+class _SeededDataset(Dataset):
+    """`dataset[index]` under its sample's seed. The RNG is forked so that, with num_workers=0, augmentation
+    draws leave the model's random stream (masks, dropout) as it was."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def _lower_priority(worker_id: int) -> None:
+    os.nice(19)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, seed: int, rank: int) -> None:
     loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)  # worker seeds of this epoch
+    # Seeds of worker processes, which start once per run; augmentations are seeded per sample by the sampler.
+    loader.generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, accelerator: Accelerator, epoch: int, cfg: LoopConfig,

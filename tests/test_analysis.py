@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -77,7 +78,8 @@ def make_study(client: MlflowClient, experiment: str) -> None:
                         budget_run(client, experiment, "s1", "external", backbone, 0, mode, budget, resample)
     # A parent run, an analyses run and a pre-training run of s1 carry no budget results.
     log_run(client, experiment, {"study": "s1", "method": "mae"}, {"mode": "linear", "budgets": "100,10"}, {})
-    log_run(client, experiment, {"study": "s1", "method": "mae"}, {"mode": "analyses"}, {"knn_best_weighted_f1": 0.8})
+    log_run(client, experiment, {"study": "s1", "method": "mae", "backbone": "vit_tiny", "ratio": "1:10", "ratio_r": 10},
+            {"mode": "analyses"}, {"knn_best_weighted_f1": 0.8, "kmeans_ami": 0.3})  # fmt: skip
     log_run(client, experiment, {"study": "s1", "stage": "pretrain"}, {"budget": "100"}, {"eval_acc": 0.1})
     # Failed runs: one repeats a finished cell with a wild value, one is at a ratio nothing finished at.
     budget_run(client, experiment, "s1", "mae", "vit_tiny", 1, "linear", 100.0, 0, "FAILED", eval_acc=0.0)
@@ -170,7 +172,10 @@ def test_analyze_writes_every_output_and_logs_it_to_one_analysis_run(study, tmp_
     per_metric = [f"{kind}_{m}{suffix}" for m in metrics for kind, suffix in
                   (("curves", ".png"), ("table", ".md"), ("table", ".csv"), ("stats", ".md"), ("stats", ".csv"))]
     boxes = [f"boxplot_{m}_1-10.png" for m in metrics]
-    assert written == sorted(["results.csv", "README.md", *per_metric, *boxes])
+    assert written == sorted(["results.csv", "representation.md", "representation.csv", "README.md", *per_metric, *boxes])
+    representation = pd.read_csv(output / "representation.csv")
+    assert representation[["method", "ratio", "knn_best_weighted_f1", "kmeans_ami"]].values.tolist() == [
+        ["mae", "1:10", 0.8, 0.3]]  # fmt: skip
     assert all((output / name).stat().st_size > 0 for name in written)
     [analysis] = analysis_runs()
     assert analysis.info.status == "FINISHED" and analysis.data.tags["study"] == "s1"

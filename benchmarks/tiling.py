@@ -20,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
@@ -48,7 +49,7 @@ def main() -> None:
         cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
                      workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
         load = os.getloadavg()[0]
-        plan_s, project_s, bare_s = [], [], []
+        plan_s, project_s, bare_s, bare_parallel_s = [], [], [], []
         for repeat in range(args.repeats):
             start = time.perf_counter()
             plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
@@ -56,13 +57,18 @@ def main() -> None:
             write_tiles(plan, Path(tmp) / f"out{repeat}", cfg)
             project_s.append(time.perf_counter() - start)
 
-            slide = open_slide(plan["source_path"].iloc[0])
-            level = int(plan["level"].iloc[0])
-            side = round(plan["extent"].iloc[0] / slide.level_downsamples[level])
+            path, level = plan["source_path"].iloc[0], int(plan["level"].iloc[0])
+            side = round(plan["extent"].iloc[0] / open_slide(path).level_downsamples[level])
+            coords = list(zip(plan["x"], plan["y"]))
             start = time.perf_counter()
-            for x, y in zip(plan["x"], plan["y"]):
-                slide.read_region((int(x), int(y)), level, (side, side))
+            bare_loop((path, level, side, coords))
             bare_s.append(time.perf_counter() - start)
+            # The same loop split over `workers` processes: how far this machine's cores scale at all.
+            shares = [(path, level, side, coords[i :: args.workers]) for i in range(args.workers)]
+            with ProcessPoolExecutor(args.workers) as pool:
+                start = time.perf_counter()
+                list(pool.map(bare_loop, shares))
+                bare_parallel_s.append(time.perf_counter() - start)
 
     n = len(plan)
     ratios = [b / p / args.workers for p, b in zip(project_s, bare_s)]
@@ -70,10 +76,21 @@ def main() -> None:
     print(f"load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} cores)")
     print(f"medians of {args.repeats} alternating runs:")
     print(f"bare read_region loop, 1 process : {n / statistics.median(bare_s):8.1f} tiles/s")
+    print(f"bare read_region loop, {args.workers} processes: {n / statistics.median(bare_parallel_s):8.1f} tiles/s"
+          f"  (x{statistics.median(bare_s) / statistics.median(bare_parallel_s):.2f} of 1 process)")  # fmt: skip
     print(f"project tiling, {args.workers} workers      : {n / statistics.median(project_s):8.1f} tiles/s"
           f"  (planning {statistics.median(plan_s):.2f} s of {statistics.median(project_s):.2f} s)")  # fmt: skip
     print(f"ratio per worker (target >= 0.7)  : {statistics.median(ratios):8.2f}  (runs: "
           + ", ".join(f"{r:.2f}" for r in ratios) + ")")  # fmt: skip
+    print(f"project / bare loop on {args.workers} processes : "
+          f"{statistics.median(bare_parallel_s) / statistics.median(project_s):8.2f}")  # fmt: skip
+
+
+def bare_loop(job) -> None:
+    path, level, side, coords = job
+    slide = open_slide(path)
+    for x, y in coords:
+        slide.read_region((int(x), int(y)), level, (side, side))
 
 
 if __name__ == "__main__":

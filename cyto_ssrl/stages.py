@@ -5,6 +5,9 @@ Entry points and the study call these; tests call them too.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -87,8 +90,12 @@ def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 
 def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "tiny-mae", manifest: str | None = None,
                  pool: str | None = None, pool_size: int = 200, seed: int = 0, num_processes: int = 1,
                  resume: str | None = None, init: str | None = None, output_dir: str = "outputs/pretrain",
-                 **overrides) -> tuple[str, str]:  # fmt: skip
-    """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`)."""
+                 continue_from: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+    """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`).
+
+    `resume` continues a killed run in that run; `continue_from` (a failed run's job folder) starts a new run from
+    the failed one's last checkpoint, as the study does when it re-runs a pre-training cell.
+    """
     if init:
         return register_external(init, method, preset_name, seed=seed, **overrides)
     if resume:
@@ -108,6 +115,8 @@ def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "ti
         job_dir.mkdir(parents=True, exist_ok=True)
         job = PretrainJob(cfg, str(pool_path), run.info.run_id, str(job_dir))
         tracking.set_tags({"job_dir": job_dir, "pool_path": pool_path, "pool_digest": pool_digest(pool_table)})
+        if continue_from:
+            _take_checkpoint(Path(continue_from), job)
         job.save()  # what `resume` reads back
         _launch(job, num_processes)
         uri = _register(job, pool_table, preset_name)
@@ -124,6 +133,19 @@ def _resume_pretrain(run_id: str, num_processes: int) -> tuple[str, str]:
         _launch(job, num_processes)
         uri = _register(job, read_manifest(job.pool_path), tracking.run_params(run_id).get("preset", ""))
     return run.info.run_id, uri
+
+
+def _take_checkpoint(failed_dir: Path, job: PretrainJob) -> None:
+    """Move a failed run's last checkpoint of the same job into `job`'s folder and train on from it. Moved, not
+    copied: a paper-size checkpoint is gigabytes, and should this run fail too, the next one takes it from here."""
+    failed = PretrainJob.load(failed_dir / "job.json")
+    same = json.loads(json.dumps(dataclasses.asdict(job.cfg))) == dataclasses.asdict(failed.cfg)
+    if not same or failed.pool_path != job.pool_path:
+        raise CytoError(f"the checkpoint in {failed_dir} is of another pre-training job (settings or pool differ)")
+    for name in ("state", "epoch.json"):
+        os.replace(failed_dir / name, Path(job.job_dir) / name)
+    job.resume = True
+    tracking.set_tags({"continued_from": failed.run_id})
 
 
 def _launch(job: PretrainJob, num_processes: int) -> None:

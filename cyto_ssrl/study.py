@@ -335,7 +335,17 @@ class Worker:
         pool = self._output(f"pools/{cell.ratio}/s{cell.seed}", "pool_path")
         run_pretrain(cell.method, cell.ratio, cfg.pretrain_preset, pool=pool, pool_size=cfg.pool_size,
                      seed=cell.seed, num_processes=cfg.num_processes, output_dir=str(self.dir / "pretrain"),
-                     **cfg.pretrain_overrides)  # fmt: skip
+                     continue_from=self._checkpoint(cell), **cfg.pretrain_overrides)  # fmt: skip
+
+    def _checkpoint(self, cell: Cell) -> str | None:
+        """The job folder of the cell's newest failed run that left a checkpoint: a killed training goes on from it."""
+        runs = cell_runs(self.study_id, cell.key)  # fresh: _claim has just marked a dead worker's run FAILED
+        failed = runs[runs["status"] == "FAILED"].sort_values("start_time", ascending=False)
+        for run_id, job_dir in zip(failed["run_id"], failed.get("tags.job_dir", pd.Series(dtype=str))):
+            if isinstance(job_dir, str) and (Path(job_dir) / "epoch.json").exists():
+                tqdm.write(f"cell {cell.key}: training continues from the last checkpoint of run {run_id}")
+                return job_dir
+        return None
 
     def _do_external(self, cell: Cell) -> None:
         from cyto_ssrl.stages import register_external

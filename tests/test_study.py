@@ -13,7 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from cyto_ssrl import study as study_module
@@ -185,6 +187,23 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     new = new[~new["run_id"].isin(before)]
     assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "downstream"]
     assert new[new["tags.stage"] == "downstream"]["key"].iloc[0] == broken["key"]
+
+    # A pre-training cell whose run died goes on from that run's last checkpoint, in a new run.
+    died = finished[finished["key"] == "pretrain/mae/1:2/s0"].iloc[0]
+    tracking.end_run(died["run_id"], "FAILED")
+    before = set(cell_runs("micro")["run_id"])
+    run_study(cfg, "micro", "micro")
+    new = cell_runs("micro")
+    new = new[~new["run_id"].isin(before)]
+    assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "pretrain"]
+    continued = new[new["key"] == died["key"]].iloc[0]
+    assert continued["tags.continued_from"] == died["run_id"] and continued["status"] == "FINISHED"
+    # The checkpoint was of the last epoch: no epoch is trained again and the new version holds the same weights.
+    assert pd.isna(continued.get("metrics.train_loss"))
+    old, new_weights = (mlflow.pytorch.load_model(uri).state_dict() for uri in (died["tags.model_uri"],
+                                                                               continued["tags.model_uri"]))  # fmt: skip
+    assert continued["tags.model_uri"] != died["tags.model_uri"] and all(
+        torch.equal(old[name], new_weights[name]) for name in old)  # fmt: skip
 
     # Other settings under the same id are refused, naming what differs.
     with pytest.raises(CytoError, match="pool_size was '64', now '32'"):

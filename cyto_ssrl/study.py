@@ -461,7 +461,9 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
     folder = study_dir(cfg, study_id)
     params = {"study": study_id, "preset": preset_name, "workers": workers, **settings(cfg),
               **{f"cfg.{axis}": getattr(cfg, axis) for axis in STUDY_AXES}}  # fmt: skip
-    with quiet_bars(), tracking.stage_run("study", params, tags={"study": study_id}, run_name=f"study-{study_id}"):
+    _fail_dead_study_runs(study_id)
+    tags = {"study": study_id, "heartbeat": time.time()}
+    with quiet_bars(), tracking.stage_run("study", params, tags=tags, run_name=f"study-{study_id}"):
         run_id, experiment_id = tracking.active_run_info()
         folder.mkdir(parents=True, exist_ok=True)
         config_file = folder / f"study-{run_id}.json"
@@ -470,8 +472,9 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
         extra = [subprocess.Popen([sys.executable, "-m", "cyto_ssrl.study", str(config_file), "--parent", run_id],
                                   env=tracking.tracking_env()) for _ in range(workers - 1)]  # fmt: skip
         worker = Worker(study_id, cfg, run_id, experiment_id, progress=True)
-        failed = worker.run()
-        failed_workers = sum(process.wait() != 0 for process in extra)
+        with heartbeat(run_id):
+            failed = worker.run()
+            failed_workers = sum(process.wait() != 0 for process in extra)
         if failed or failed_workers:
             listed = "; ".join(f"{key}: {error}" for key, error in failed.items())
             raise CytoError(f"study {study_id}: {len(failed)} cell(s) failed here ({listed}) and "
@@ -481,6 +484,16 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
             raise CytoError(f"study {study_id}: {len(missing)} cell(s) not finished, e.g. {missing[0]}")
         tracking.set_tags({"analysis_dir": folder / "analysis"})
     return folder / "analysis"
+
+
+def _fail_dead_study_runs(study_id: str) -> None:
+    """A killed study's own run stops beating like a dead worker's cell; mark it FAILED so it is not RUNNING forever."""
+    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'study' and attributes.status = 'RUNNING'")
+    if runs.empty:
+        return
+    beats = pd.to_numeric(runs.get("tags.heartbeat", pd.Series(index=runs.index, dtype=str)), errors="coerce")
+    for run_id in runs.loc[~(beats.fillna(0.0) > time.time() - STALE_S), "run_id"]:
+        tracking.end_run(run_id, "FAILED")
 
 
 def main() -> None:

@@ -64,7 +64,8 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
     nested = mlflow.active_run() is not None
     if not nested and run_id is None:
         _set_experiment()
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags={"stage": stage, **(tags or {})})
+    tags = {key: str(value) for key, value in {"stage": stage, **(tags or {})}.items()}  # a REST store takes str only
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
     try:
         # `mlflow run` has already logged the entry point's raw parameters; keep those and add the rest.
         log_params({k: v for k, v in params.items() if k not in run.data.params})

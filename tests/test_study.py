@@ -151,6 +151,17 @@ def test_a_dead_workers_claim_goes_stale_and_is_taken_over(store, manifest, monk
     assert claimed is not None and MlflowClient().get_run(dead).info.status == "FAILED"
 
 
+def test_a_killed_studys_own_run_is_marked_failed_and_a_live_one_is_left(store):
+    experiment = mlflow.set_experiment("studies").experiment_id
+    beats = {"killed": time.time() - 3600, "live": time.time(), "other study": time.time() - 3600}
+    runs = {name: tracking.create_run(experiment, name, {"stage": "study", "heartbeat": beat,
+                                                         "study": "other" if name == "other study" else "s"})
+            for name, beat in beats.items()}  # fmt: skip
+    study_module._fail_dead_study_runs("s")
+    status = {name: MlflowClient().get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"killed": "FAILED", "live": "RUNNING", "other study": "RUNNING"}
+
+
 # --- a real study on a real store ---
 
 
@@ -163,6 +174,7 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     assert set(cells) < set(finished["key"]) and finished["key"].is_unique
     assert (folder / "curves_acc.png").is_file() and (folder / "table_acc.md").is_file()
     study_run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'").iloc[0]
+    assert study_run["status"] == "FINISHED" and float(study_run["tags.heartbeat"]) > 0
     assert study_run["metrics.cells_done"] == study_run["metrics.cells_total"] == len(cells) + 1
     assert set(finished["tags.mlflow.parentRunId"]) == {study_run["run_id"]}
     versions = MlflowClient().search_model_versions("name = 'cyto-mae-vit_tiny'")

@@ -45,6 +45,14 @@ def finished_cells(study_id: str):
     return runs[runs["status"] == "FINISHED"]
 
 
+def new_cell_runs(run_again) -> pd.DataFrame:
+    """The cell runs of study micro that `run_again()` made."""
+    before = set(cell_runs("micro")["run_id"])
+    run_again()
+    runs = cell_runs("micro")
+    return runs[~runs["run_id"].isin(before)]
+
+
 # --- the grid ---
 
 
@@ -193,20 +201,14 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     # A failed cell (and only it) runs again, then the analysis of the repaired grid.
     broken = downstream.iloc[0]
     tracking.end_run(broken["run_id"], "FAILED")
-    before = set(cell_runs("micro")["run_id"])
-    run_study(cfg, "micro", "micro")
-    new = cell_runs("micro")
-    new = new[~new["run_id"].isin(before)]
+    new = new_cell_runs(lambda: run_study(cfg, "micro", "micro"))
     assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "downstream"]
     assert new[new["tags.stage"] == "downstream"]["key"].iloc[0] == broken["key"]
 
     # A pre-training cell whose run died goes on from that run's last checkpoint, in a new run.
     died = finished[finished["key"] == "pretrain/mae/1:2/s0"].iloc[0]
     tracking.end_run(died["run_id"], "FAILED")
-    before = set(cell_runs("micro")["run_id"])
-    run_study(cfg, "micro", "micro")
-    new = cell_runs("micro")
-    new = new[~new["run_id"].isin(before)]
+    new = new_cell_runs(lambda: run_study(cfg, "micro", "micro"))
     assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "pretrain"]
     continued = new[new["key"] == died["key"]].iloc[0]
     assert continued["tags.continued_from"] == died["run_id"] and continued["status"] == "FINISHED"
@@ -222,10 +224,7 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
         run_study(micro(manifest, analyses=True, pool_size=32), "micro")
 
     # A grown study (a new ratio) runs only the new cells.
-    before = set(cell_runs("micro")["run_id"])
-    run_study(micro(manifest, analyses=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro")
-    new = cell_runs("micro")
-    new = new[~new["run_id"].isin(before)]
+    new = new_cell_runs(lambda: run_study(micro(manifest, analyses=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro"))
     assert sorted(new["key"]) == sorted(["pools/1:3/s0", "pretrain/mae/1:3/s0",
                                          "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
                                          "downstream/pretrain/mae/1:3/s0/linear/b50/r1", "analyses/pretrain/mae/1:3/s0",

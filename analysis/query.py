@@ -10,15 +10,16 @@ import mlflow
 import pandas as pd
 
 from cyto_ssrl import tracking
+from cyto_ssrl.downstream.config import TRAINED_MODES  # 'analyses' runs have no budget, no eval_*
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
-TRAINED_MODES = ("linear", "finetune")  # 'analyses' runs have no budget and no eval_* metrics
 EXTERNAL = "external"
 # Runs that agree on these were trained on the same labelled budget draw, so their metrics pair up.
 PAIR_KEYS = ("seed", "pretrain_seed", "resample")
-REQUIRED = ("tags.method", "tags.backbone", "tags.ratio", "tags.ratio_r", "params.mode", "params.budget",
-            "params.resample")  # fmt: skip
+# What a run must carry to be grouped: the model version's tags (on analyses runs too), and a budget draw's params.
+MODEL_TAGS = ("tags.method", "tags.backbone", "tags.ratio", "tags.ratio_r")
+REQUIRED = (*MODEL_TAGS, "params.mode", "params.budget", "params.resample")
 COLUMNS = ("method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample", "seed", "pretrain_seed",
            "model_version", "run_id", *METRIC_NAMES)  # fmt: skip
 
@@ -33,7 +34,7 @@ def downstream_results(study_id: str) -> pd.DataFrame:
     runs = runs[_column(runs, "params.mode").isin(TRAINED_MODES) & _column(runs, "params.budget").notna()]
     if runs.empty:
         raise CytoError(f"no finished downstream runs for study {study_id} in {mlflow.get_tracking_uri()}")
-    _check_complete(runs, study_id)
+    _check_complete(runs, study_id, REQUIRED)
     results = pd.DataFrame({
         "method": runs["tags.method"],
         "backbone": runs["tags.backbone"],
@@ -61,8 +62,8 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
 
 
-def _check_complete(runs: pd.DataFrame, study_id: str) -> None:
-    for name in REQUIRED:
+def _check_complete(runs: pd.DataFrame, study_id: str, required: tuple[str, ...]) -> None:
+    for name in required:
         missing = runs[_column(runs, name).isna()]
         if not missing.empty:
             raise CytoError(f"{len(missing)} downstream runs of study {study_id} have no {name} (e.g. run "
@@ -109,6 +110,7 @@ def representation_results(study_id: str) -> pd.DataFrame:
                                 "and params.mode = 'analyses' and attributes.status = 'FINISHED'")  # fmt: skip
     if runs.empty:
         return pd.DataFrame(columns=["method", "backbone", "ratio", "ratio_r", *REPRESENTATION_METRICS])
+    _check_complete(runs, study_id, MODEL_TAGS)
     return sort_rows(pd.DataFrame({
         "method": runs["tags.method"], "backbone": runs["tags.backbone"], "ratio": runs["tags.ratio"],
         "ratio_r": runs["tags.ratio_r"].astype(int),

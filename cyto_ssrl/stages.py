@@ -158,7 +158,8 @@ def _launch(job: PretrainJob, num_processes: int) -> None:
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
+           "--num_machines", "1", "--main_process_port", str(_free_port()),
+           "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
            "-m", "cyto_ssrl.pretrain", str(job_file)]  # fmt: skip
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:

@@ -38,14 +38,13 @@ from cyto_ssrl.config import (PRETRAIN_PRESETS, STUDY_AXES, STUDY_PRESETS, TILE_
                               StudyConfig, flatten, preset, pretrain_preset_name)  # fmt: skip
 from cyto_ssrl.data.pools import parse_ratio, ratio_label
 from cyto_ssrl.downstream.budgets import budget_label, check_budget
-from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS
+from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS, create_backbone
 
 HEARTBEAT_S = 10.0
 STALE_S = 60.0  # a RUNNING claim whose heartbeat is older is a dead worker's
 POLL_S = 5.0  # how often a worker with nothing to do looks for work again
-TRAINED_MODES = ("linear", "finetune")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which worker ran a cell, in its run's tags
 
 
@@ -340,11 +339,13 @@ class Worker:
     def _checkpoint(self, cell: Cell) -> str | None:
         """The job folder of the cell's newest failed run that left a checkpoint: a killed training goes on from it."""
         runs = cell_runs(self.study_id, cell.key)  # fresh: _claim has just marked a dead worker's run FAILED
-        failed = runs[runs["status"] == "FAILED"].sort_values("start_time", ascending=False)
-        for run_id, job_dir in zip(failed["run_id"], failed.get("tags.job_dir", pd.Series(dtype=str))):
-            if isinstance(job_dir, str) and (Path(job_dir) / "epoch.json").exists():
-                tqdm.write(f"cell {cell.key}: training continues from the last checkpoint of run {run_id}")
-                return job_dir
+        if "tags.job_dir" not in runs:  # no run of the cell got as far as its job folder
+            return None
+        failed = runs[(runs["status"] == "FAILED") & runs["tags.job_dir"].notna()]
+        for _, run in failed.sort_values("start_time", ascending=False).iterrows():
+            if (Path(run["tags.job_dir"]) / "epoch.json").exists():
+                tqdm.write(f"cell {cell.key}: training continues from the last checkpoint of run {run['run_id']}")
+                return run["tags.job_dir"]
         return None
 
     def _do_external(self, cell: Cell) -> None:

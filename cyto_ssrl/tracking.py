@@ -64,7 +64,7 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
     nested = mlflow.active_run() is not None
     if not nested and run_id is None:
         _set_experiment()
-    tags = {key: str(value) for key, value in {"stage": stage, **(tags or {})}.items()}  # a REST store takes str only
+    tags = _strings({"stage": stage, **(tags or {})})
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
     try:
         # `mlflow run` has already logged the entry point's raw parameters; keep those and add the rest.
@@ -90,7 +90,7 @@ def claimed_run(run_id: str):
     finally:
         if run_id in _claimed:
             _claimed.remove(run_id)
-            MlflowClient().set_terminated(run_id, status="FAILED")
+            end_run(run_id, "FAILED")
 
 
 def log_params(params: dict) -> None:
@@ -102,8 +102,13 @@ def _param_value(value) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
+def _strings(tags: dict) -> dict[str, str]:
+    """Tag values as text: a file store takes numbers and paths, a REST store (`mlflow server`) only str."""
+    return {key: str(value) for key, value in tags.items()}
+
+
 def set_tags(tags: dict) -> None:
-    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+    mlflow.set_tags(_strings(tags))
 
 
 def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
@@ -194,7 +199,7 @@ def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_e
         info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle",
                                         signature=signature, input_example=input_example.numpy(),
                                         pip_requirements=pip_requirements())  # fmt: skip
-    version = mlflow.register_model(info.model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+    version = mlflow.register_model(info.model_uri, model_name, tags=_strings(tags))
     client = MlflowClient()
     try:
         missing = set(tags) - set(client.get_model_version(model_name, version.version).tags)
@@ -241,7 +246,7 @@ def search_runs(filter_string: str) -> pd.DataFrame:
 def create_run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None) -> str:
     """A RUNNING run made without activating it (a study worker claiming a cell); returns its id."""
     configure()
-    tags = {key: str(value) for key, value in tags.items()}
+    tags = _strings(tags)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
@@ -272,6 +277,7 @@ def pool_manifest(pool_path: str | None) -> str | None:
     return run_tags(pools_run).get("manifest") if pools_run else None
 
 
+# --- downstream ---
 
 
 def model_version(model_uri: str):

@@ -3,13 +3,14 @@
 import argparse
 
 from cyto_ssrl.cli import integer, main, optional
-from cyto_ssrl.downstream.tune import TUNED_MODES, run_tune
+from cyto_ssrl.downstream.config import TRAINED_MODES
+from cyto_ssrl.downstream.tune import run_tune
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias>")
-    parser.add_argument("--mode", default="linear", help=" | ".join(TUNED_MODES))
+    parser.add_argument("--mode", default="linear", help=" | ".join(TRAINED_MODES))
     parser.add_argument("--budget", type=float, default=1.0, help="label budget, %% of the downstream partition")
     parser.add_argument("--n-trials", type=integer, default=10)
     parser.add_argument("--storage", default="", help="Optuna RDB URL (default: optuna.db beside the tracking store)")

@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param
 from scipy.stats import ttest_rel
 
 from analysis.figures import plot_boxes
-from analysis.query import downstream_results
+from analysis.query import downstream_results, representation_results
 from analysis.report import analyze
 from entrypoints.analyze import run
 from analysis.stats import drops
@@ -192,6 +192,14 @@ def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_pa
     assert "no external baseline" in plot_boxes(downstream_results("s2"), "acc", 5, "s2").get_suptitle()
     table = markdown_table(summary(downstream_results("s2"), "acc"))
     assert list(table.columns[4:]) == ["1:5"]
+
+
+def test_an_analyses_run_without_its_model_tags_is_a_one_line_error(study):
+    client = MlflowClient()
+    experiment = client.search_experiments()[0].experiment_id
+    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "analyses"}, {"kmeans_ami": 0.3})
+    with pytest.raises(CytoError, match="1 downstream runs of study s3 have no tags.backbone"):
+        representation_results("s3")
 
 
 def test_a_study_without_runs_or_a_ratio_it_lacks_is_a_one_line_error(study, tmp_path, monkeypatch, capsys):

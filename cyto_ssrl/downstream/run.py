@@ -27,7 +27,8 @@ from cyto_ssrl.data.pools import read_manifest
 from cyto_ssrl.downstream.analyses import (kmeans_scores, knn_sweep, plot_knn, plot_tsne, svm_separability,
                                            tsne_embedding)  # fmt: skip
 from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget
-from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, PAPER_BUDGETS, DownstreamConfig, TrainingSettings
+from cyto_ssrl.downstream.config import (DOWNSTREAM_PRESETS, PAPER_BUDGETS, TRAINED_MODES, DownstreamConfig,
+                                         TrainingSettings)
 from cyto_ssrl.downstream.features import cached_features, encode, feature_key, labelled_tiles
 from cyto_ssrl.downstream.finetune import finetune, predict
 from cyto_ssrl.downstream.metrics import binary_metrics, confusion, plot_confusion, plot_roc
@@ -36,7 +37,7 @@ from cyto_ssrl.errors import CytoError
 from cyto_ssrl.stages import resolve_manifest
 from cyto_ssrl.train import LoopConfig, absolute_lr
 
-MODES = ("linear", "finetune", "analyses")
+MODES = (*TRAINED_MODES, "analyses")
 # Model-version tags every downstream run carries, so results can be grouped by how the backbone was pre-trained.
 LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id", "pretrain_seed")
 

@@ -18,10 +18,10 @@ from sqlalchemy.engine import make_url
 
 from cyto_ssrl import tracking
 from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget
+from cyto_ssrl.downstream.config import TRAINED_MODES
 from cyto_ssrl.downstream.run import Setup, loop_config, prepare, train_on_split
 from cyto_ssrl.errors import CytoError
 
-TUNED_MODES = ("linear", "finetune")
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluator needs at least two completed trials
 
 
@@ -59,8 +59,8 @@ def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: 
              storage: str | None = None, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0,
              **overrides) -> tuple[str, float]:  # fmt: skip
     """Tune blr on resample 0 of `budget`; returns (parent run id, best blr). Reruns add trials to the study."""
-    if mode not in TUNED_MODES:
-        raise CytoError(f"tune trains a classifier: mode must be one of {'|'.join(TUNED_MODES)}, got {mode!r}")
+    if mode not in TRAINED_MODES:
+        raise CytoError(f"tune trains a classifier: mode must be one of {'|'.join(TRAINED_MODES)}, got {mode!r}")
     if n_trials < 1:
         raise CytoError(f"n_trials must be at least 1, got {n_trials}")
     setup = prepare(model_uri, preset_name, manifest, seed, **overrides)

@@ -109,6 +109,21 @@ def test_aperio_slides_levels_and_missing_mpp(shared_data, tmp_path):
     assert plan.loc["CMU-1-Small-Region", "level"] == 0
 
 
+def test_resampling_is_antialiased_and_shows_glass_outside_the_slide(shared_data):
+    from cyto_ssrl.data.slides import open_slide, resample_region
+
+    slide = open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs")
+    region = slide.read_region((1000, 1000), 0, (309, 309))
+    tile = np.asarray(resample_region(region, 256), dtype=int)
+    pillow = np.asarray(region.convert("RGB").resize((256, 256), Image.Resampling.BILINEAR), dtype=int)
+    assert tile.shape == (256, 256, 3) and np.abs(tile - pillow).max() <= 1  # Pillow's antialiased filter
+    assert np.array_equal(np.asarray(resample_region(region, 309)), np.asarray(region.convert("RGB")))
+    width, height = slide.dimensions
+    edge = np.asarray(resample_region(slide.read_region((width - 100, height - 100), 0, (200, 200)), 400))
+    assert edge.shape == (400, 400, 3) and (edge[220:, 220:] == 255).all()  # transparent -> white glass
+    assert edge[:180, :180].mean() < 250  # the slide's own pixels are kept
+
+
 def test_herlev_cells_one_tile_per_crop_grouped_by_source_image(shared_data, tmp_path):
     cfg = preset(TILE_PRESETS, "tiny", tile_size=128, workers=2)
     manifest = make_tiles("cells", shared_data / "herlev", tmp_path / "h", cfg)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
@@ -69,26 +71,32 @@ def read_tiles(slide: openslide.AbstractSlide, geometry: Geometry, level: int,
     a block also paints the pixels between planned tiles.
     """
     side = max(1, round(geometry.extent / slide.level_downsamples[level]))
-    # The read level is the coarsest still as fine as the target, so a tile shrinks by less than one level step
-    # (0.243 -> 0.293 um/px: 1.2x). BOX averages the source pixels under each target pixel: anti-aliased, so
-    # chromatin texture does not alias in the training data, and the cheapest such filter (BILINEAR costs 30 %
-    # more, NEAREST aliases). Enlarging (a scanner coarser than the target) interpolates.
-    resample = Image.Resampling.BOX if side > geometry.tile_size else Image.Resampling.BILINEAR
     for x, y in coords:
-        tile = _to_rgb(slide.read_region((int(x), int(y)), level, (side, side)))
-        if side != geometry.tile_size:
-            tile = tile.resize((geometry.tile_size, geometry.tile_size), resample)
-        yield tile
+        yield resample_region(slide.read_region((int(x), int(y)), level, (side, side)), geometry.tile_size)
 
 
-def _to_rgb(region: Image.Image) -> Image.Image:
-    alpha = region.getchannel("A")
-    if alpha.getextrema() == (255, 255):
-        return region.convert("RGB")
-    # Outside the slide OpenSlide returns transparent pixels: show them as the bright glass they stand for.
-    rgb = Image.new("RGB", region.size, (255, 255, 255))
-    rgb.paste(region, mask=alpha)
-    return rgb
+def resample_region(region: Image.Image, size: int) -> Image.Image:
+    """An RGBA region from OpenSlide as a size x size RGB tile, over white glass where it is transparent.
+
+    The read level is the coarsest still as fine as the target, so a tile shrinks by less than one level step
+    (0.243 -> 0.293 um/px: 1.2x). An antialiased bilinear filter averages the source pixels under each target
+    pixel, so chromatin texture does not alias in the training data. torch's uint8 kernel for it runs on the
+    RGBA bytes as they come: 0.14 ms a 309 px tile against 0.57 ms for Pillow's RGB conversion and BOX filter.
+    """
+    pixels = torch.frombuffer(bytearray(region.tobytes()), dtype=torch.uint8).view(1, region.height, region.width, 4)
+    if pixels[..., 3].min() < 255:
+        pixels = _over_white(pixels)
+    if region.size != (size, size):
+        pixels = F.interpolate(pixels.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", antialias=True)
+        pixels = pixels.permute(0, 2, 3, 1)  # channels-last in and out: a view, no copy
+    return Image.frombytes("RGB", (size, size), pixels.contiguous().numpy(), "raw", "RGBX")
+
+
+def _over_white(pixels: torch.Tensor) -> torch.Tensor:
+    """Outside the slide OpenSlide returns transparent pixels: show them as the bright glass they stand for."""
+    alpha = pixels[..., 3:].int()
+    rgb = (pixels[..., :3].int() * alpha + 255 * (255 - alpha) + 127) // 255
+    return torch.cat([rgb, torch.full_like(alpha, 255)], dim=-1).to(torch.uint8)
 
 
 def deposit_mask(slide: openslide.AbstractSlide, geometry: Geometry) -> tuple[np.ndarray, float]:

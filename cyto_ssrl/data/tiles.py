@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from cyto_ssrl.config import TileConfig
@@ -275,7 +276,8 @@ def _map(fn, jobs: list, workers: int):
     if min(workers, len(jobs)) <= 1:
         yield from map(fn, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    # One torch thread per worker (the resampling kernel): the workers already fill the cores.
+    with ProcessPoolExecutor(min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
         try:
             yield from pool.map(fn, jobs)
         finally:

@@ -1,11 +1,12 @@
 """Pre-training throughput: the project's full step (loading + augmentation + step) against a bare in-memory loop.
 
-    python benchmarks/pretrain_throughput.py [--presets tiny-mae,tiny-simclr] [--steps 20] [--workers 2]
+    python benchmarks/pretrain_throughput.py [--presets tiny-mae,tiny-simclr] [--steps 20] [--workers 2] [--repeats 3]
 
 Both sides use the same method, model, batch and input size in one run. The bare loop feeds tensors already in
 memory to forward/backward/step; the project's side runs `cyto_ssrl.train.train_one_epoch` on a real pool of tile
 files through the data loader and the cytology augmentations, and times its second epoch (the first warms up).
-Target: ratio >= 0.9 (the pipeline keeps the model fed). Peak memory: resident set size on CPU, allocated device
+The two sides alternate `repeats` times and the medians are compared: on a shared machine one side's single run
+can be 10 % off. Target: ratio >= 0.9 (the pipeline keeps the model fed). Peak memory: resident set size on CPU, allocated device
 memory on a GPU. Pass `--presets paper-mae,paper-simclr --mixed-precision bf16` on a GPU for the paper presets.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -82,21 +84,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=".", prefix=".pretrain-bench-") as tmp:
         tiles_cfg = preset(TILE_PRESETS, "tiny", synthetic=SyntheticConfig(n_slides=6, deposit_um=1500))
         manifest = make_tiles("synthetic", None, Path(tmp), tiles_cfg)
+        print(f"medians of {args.repeats} alternating runs")
         print(f"{'preset':<16}{'batch':>6}{'img':>5}{'bare img/s':>12}{'project img/s':>15}{'ratio':>7}{'peak MB':>9}")
         for name in args.presets.split(","):
             cfg = preset(PRETRAIN_PRESETS, name, num_workers=args.workers, mixed_precision=args.mixed_precision)
             paths = list(manifest["path"]) * (1 + cfg.batch_size * args.steps // len(manifest))
             accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-            set_seed(0)
-            bare = bare_images_per_s(build_method(cfg), accelerator, cfg.batch_size, cfg.img_size, args.steps)
-            set_seed(0)
-            project = project_images_per_s(build_method(cfg), accelerator, paths, cfg, args.steps)
-            print(f"{name:<16}{cfg.batch_size:>6}{cfg.img_size:>5}{bare:>12.1f}{project:>15.1f}"
-                  f"{project / bare:>7.2f}{peak_memory_mb(accelerator):>9.0f}")  # fmt: skip
+            bare, project = [], []
+            for _ in range(args.repeats):
+                set_seed(0)
+                bare.append(bare_images_per_s(build_method(cfg), accelerator, cfg.batch_size, cfg.img_size,
+                                              args.steps))  # fmt: skip
+                set_seed(0)
+                project.append(project_images_per_s(build_method(cfg), accelerator, paths, cfg, args.steps))
+            bare_median, project_median = statistics.median(bare), statistics.median(project)
+            print(f"{name:<16}{cfg.batch_size:>6}{cfg.img_size:>5}{bare_median:>12.1f}{project_median:>15.1f}"
+                  f"{project_median / bare_median:>7.2f}{peak_memory_mb(accelerator):>9.0f}"
+                  f"  (runs: {', '.join(f'{p / b:.2f}' for b, p in zip(bare, project))})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from timm.models.vision_transformer import VisionTransformer
 
 from cyto_ssrl.config import PretrainConfig
-from cyto_ssrl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiView, eval_transform, view_transform
+from cyto_ssrl.data.transforms import (
+    IMAGENET_MEAN, IMAGENET_STD, MultiView, eval_transform, normalize_images, view_transform,
+)
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS, build_method, create_backbone
 from cyto_ssrl.methods.losses import dino_loss, info_nce_queue, nt_xent
@@ -66,7 +68,7 @@ def tiny_cfg(method: str, **overrides) -> PretrainConfig:
 def make_views(kinds: tuple[str, ...], images: list[Image.Image]) -> list[torch.Tensor]:
     """One (B, 3, IMG, IMG) batch per view kind, as the data loader's collate would stack them."""
     per_image = [MultiView(kinds, IMG)(image) for image in images]
-    return [torch.stack(views) for views in zip(*per_image)]
+    return [normalize_images(torch.stack(views)) for views in zip(*per_image)]
 
 
 def train(method, views: list[torch.Tensor], steps: int) -> list[float]:
@@ -297,15 +299,15 @@ def test_dino_loss_pairs_each_student_view_with_the_other_teacher_view():
 # --- transforms ---
 
 
-def test_multiview_makes_one_normalised_view_per_kind(cells):
+def test_multiview_makes_one_uint8_view_per_kind_that_normalises_like_eval(cells):
     views = MultiView(("local", "global", "mae"), IMG)(cells[0])
     assert len(views) == 3
-    assert all(v.shape == (3, IMG, IMG) and v.dtype == torch.float32 for v in views)
-    # A flat grey image through the colour-free MAE view: exactly ImageNet-normalised grey.
+    assert all(v.shape == (3, IMG, IMG) and v.dtype == torch.uint8 for v in views)
+    # A flat grey image through the colour-free MAE view: exactly ImageNet-normalised grey, as eval makes it.
     grey = Image.new("RGB", (50, 70), (128, 128, 128))
-    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    for view in (view_transform("mae", IMG)(grey), eval_transform(IMG)(grey)):
-        assert torch.allclose(view, expected[:, None, None].expand(3, IMG, IMG), atol=1e-5)
+    expected = ((128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))[:, None, None]
+    for view in (normalize_images(view_transform("mae", IMG)(grey)[None])[0], eval_transform(IMG)(grey)):
+        assert torch.allclose(view, expected.expand(3, IMG, IMG), atol=1e-5)
 
 
 def test_transforms_take_an_image_and_nothing_else(cells):

@@ -1,8 +1,12 @@
-"""Cytology augmentations (torchvision.transforms.v2): images in, normalised float tensors out, no labels.
+"""Cytology augmentations (torchvision.transforms.v2): images in, tensors out, no labels.
 
 Every view keeps the cell's appearance plausible: flips and 90-degree turns are free (a smear has no up), colour
 jitter keeps hue changes small because stain colour carries diagnostic information, and grey-scale and blur make
 features robust to scanner and focus differences.
+
+Pre-training views leave the loader's workers as uint8 tensors and the training loop normalises whole batches on
+the device (`normalize_images`): a quarter of the bytes pass through shared memory (and to a GPU), and one batched
+op replaces two per view in the workers, which on a CPU share the cores with the model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ VIEW_KINDS = tuple(CROP_SCALES)
 
 def _to_normalised_tensor() -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def normalize_images(images: Tensor) -> Tensor:
+    """uint8 images (..., 3, H, W), as the pre-training views come, to ImageNet-normalised float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1) * 255
+    return (images.float() - mean) / std
 
 
 def _geometry(img_size: int, scale: tuple[float, float]) -> list[v2.Transform]:
@@ -49,13 +60,16 @@ def _photometric(img_size: int) -> list[v2.Transform]:
 
 
 def view_transform(kind: str, img_size: int) -> v2.Compose:
-    """The random augmentation for one view kind: "mae" (geometry only), "global" or "local" (geometry + colour)."""
+    """The random augmentation for one view kind: "mae" (geometry only), "global" or "local" (geometry + colour).
+
+    Returns a uint8 (3, H, W) tensor; `normalize_images` makes the model's input of a batch of them.
+    """
     if kind not in CROP_SCALES:
         raise CytoError(f"unknown view kind {kind!r}; choose one of {'|'.join(VIEW_KINDS)}")
     steps = _geometry(img_size, CROP_SCALES[kind])
     if kind != "mae":  # MAE reconstructs pixels; colour noise would only make the targets noisier
         steps += _photometric(img_size)
-    return v2.Compose(steps + _to_normalised_tensor())
+    return v2.Compose(steps + [v2.ToImage()])
 
 
 def eval_transform(img_size: int) -> v2.Compose:

@@ -4,7 +4,9 @@
 
 Both sides cut the same tile grid of the same slide. The project's side includes the deposit check (planning),
 read, resample to the target um/px, JPEG encode and write, spread over `workers` processes; the bare loop only
-reads the regions in one process. Target: project tiles/s per worker >= 0.7 x bare tiles/s.
+reads the regions in one process. Target: project tiles/s per worker >= 0.7 x bare tiles/s. That ratio is the
+project's own cost per tile on one core (printed from a 1-worker run) times how far the machine's cores scale
+(printed from the bare loop on `workers` processes).
 
 The two sides alternate `repeats` times and the medians are reported: other processes on the machine slow
 whichever side runs beside them. Tile files are created in the working directory, where real output goes, and
@@ -21,6 +23,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
@@ -49,7 +52,7 @@ def main() -> None:
         cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
                      workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
         load = os.getloadavg()[0]
-        plan_s, project_s, bare_s, bare_parallel_s = [], [], [], []
+        plan_s, project_s, serial_s, bare_s, bare_parallel_s = [], [], [], [], []
         for repeat in range(args.repeats):
             start = time.perf_counter()
             plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
@@ -69,6 +72,11 @@ def main() -> None:
                 start = time.perf_counter()
                 list(pool.map(bare_loop, shares))
                 bare_parallel_s.append(time.perf_counter() - start)
+            # The project on one worker: its cost per tile on one core, whatever the machine's scaling.
+            start = time.perf_counter()
+            serial_plan = plan_slides(folder, replace(cfg, workers=1), None).assign(partition="ssrl", source="slides")
+            write_tiles(serial_plan, Path(tmp) / f"serial{repeat}", replace(cfg, workers=1))
+            serial_s.append(time.perf_counter() - start)
 
     n = len(plan)
     ratios = [b / p / args.workers for p, b in zip(project_s, bare_s)]
@@ -80,6 +88,8 @@ def main() -> None:
           f"  (x{statistics.median(bare_s) / statistics.median(bare_parallel_s):.2f} of 1 process)")  # fmt: skip
     print(f"project tiling, {args.workers} workers      : {n / statistics.median(project_s):8.1f} tiles/s"
           f"  (planning {statistics.median(plan_s):.2f} s of {statistics.median(project_s):.2f} s)")  # fmt: skip
+    print(f"project tiling, 1 worker       : {n / statistics.median(serial_s):8.1f} tiles/s"
+          f"  ({statistics.median(bare_s) / statistics.median(serial_s):.2f} of the bare loop on 1 process)")  # fmt: skip
     print(f"ratio per worker (target >= 0.7)  : {statistics.median(ratios):8.2f}  (runs: "
           + ", ".join(f"{r:.2f}" for r in ratios) + ")")  # fmt: skip
     print(f"project / bare loop on {args.workers} processes : "

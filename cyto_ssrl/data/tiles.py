@@ -276,12 +276,18 @@ def _map(fn, jobs: list, workers: int):
     if min(workers, len(jobs)) <= 1:
         yield from map(fn, jobs)
         return
-    # One torch thread per worker (the resampling kernel): the workers already fill the cores.
-    with ProcessPoolExecutor(min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_start_worker) as pool:
         try:
             yield from pool.map(fn, jobs)
         finally:
             pool.shutdown(cancel_futures=True)  # a failed job reports at once, not after every queued job has run
+
+
+def _start_worker() -> None:
+    # A forked worker inherits the slides its parent opened for an in-process run; their file offsets would be
+    # shared with the parent and every sibling, so each worker opens its own.
+    _open_cached.cache_clear()
+    torch.set_num_threads(1)  # the resampling kernel's: the workers already fill the cores
 
 
 @functools.lru_cache(maxsize=4)

@@ -44,7 +44,7 @@ class SyntheticConfig:
     deposit_um: float = 1000.0  # diameter of the cell-deposit region
     margin_um: float = 120.0  # bright background around the deposit
     cells_per_mm2: float = 450.0
-    levels: int = 3
+    levels: int = 5  # 1, 2, 4, 8, 16: down to a few hundred px, like a scanner's pyramid (the deposit check reads it)
     level_downsample: int = 2
     tiff_tile: int = 256
     compression: str = "jpeg"  # or "zlib"

@@ -199,11 +199,13 @@ SMALL = dict(tile_size=64, target_mpp=1.0, default_mpp=1.0, workers=1, partition
         ({"a.png": _field(), "a.geojson": _geojson([(500, 10, "positive")])}, "outside the slide"),
         ({"a.png": _field(), "a.geojson": _geojson([(10, 10, "tumour")])}, "unknown cell class 'tumour'"),
         ({"a.png": _field(cell=False)}, "no tile of 64 level-0 px has 50% cell deposit"),
+        # Two slides are planned in two worker processes, which parse their own annotations.
+        ({"a.png": _field(), "b.png": _field(), "b.geojson": "{broken"}, "b.geojson is not valid GeoJSON"),
     ],
 )
 def test_bad_slides_fail_with_one_line_and_write_nothing(tmp_path, files, message):
     folder = _slides_folder(tmp_path, files)
-    cfg = preset(TILE_PRESETS, "paper", **SMALL)
+    cfg = preset(TILE_PRESETS, "paper", **{**SMALL, "workers": 2})
     with pytest.raises(CytoError, match=message) as caught:
         make_tiles("slides", folder, tmp_path / "out", cfg)
     assert "\n" not in str(caught.value)

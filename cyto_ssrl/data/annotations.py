@@ -7,6 +7,8 @@ folders, so a QuPath class named like a Herlev or SIPaKMeD folder works too.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from pathlib import Path
 
@@ -31,6 +33,25 @@ def class_to_label(name: str, classes: dict[str, str | None], where: str) -> str
 
 def read_geojson(path: Path, classes: dict[str, str | None]) -> pd.DataFrame:
     """Cells of a QuPath GeoJSON export (FeatureCollection or a bare list of Features)."""
+    with _collector_paused():
+        return _read_geojson(path, classes)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """A slide's export parses into ~10^5 objects, enough to set off full garbage collections, each of which walks
+    every object the process holds (torch, mlflow: 0.1-0.2 s a time, most of a slide's planning). Parsed JSON
+    holds no reference cycles, so those collections would free nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_geojson(path: Path, classes: dict[str, str | None]) -> pd.DataFrame:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -98,15 +98,18 @@ def plan_slides(input_dir: Path, cfg: TileConfig, annotations: str | Path | None
     slides = discover_slides(input_dir)
     table = _slide_table(input_dir)
     csv_cells = ann.read_csv_points(Path(annotations), cfg.csv) if _is_csv(annotations) else None
-    jobs = [(slide_id, path, table.get(slide_id, {}), _slide_cells(path, annotations, csv_cells, cfg), cfg)
+    jobs = [(slide_id, path, table.get(slide_id, {}), _cells_source(path, annotations, csv_cells, cfg), cfg)
             for slide_id, path in slides.items()]  # fmt: skip
-    # Slides are planned side by side: the deposit check reads a whole pyramid level per slide.
+    # Slides are planned side by side: each reads a pyramid level for its deposit check and parses its annotations.
     plans = _map(_plan_job, jobs, cfg.workers)
     return pd.concat(list(tqdm(plans, total=len(jobs), desc="planning slides", unit="slide")), ignore_index=True)
 
 
 def _plan_job(job) -> pd.DataFrame:
-    return plan_slide(*job)
+    slide_id, path, meta, cells, cfg = job
+    if isinstance(cells, Path):
+        cells = ann.read_geojson(cells, cfg.cell_classes), None
+    return plan_slide(slide_id, path, meta, cells, cfg)
 
 
 def _is_csv(path) -> bool:
@@ -122,8 +125,9 @@ def _slide_table(input_dir: Path) -> dict[str, dict]:
     return {row["slide_id"]: {k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")}
 
 
-def _slide_cells(path: Path, annotations, csv_cells: dict | None, cfg: TileConfig) -> tuple[pd.DataFrame, tuple] | None:
-    """The slide's cells and the image size their coordinates refer to (None: level-0 pixels)."""
+def _cells_source(path: Path, annotations, csv_cells: dict | None, cfg: TileConfig) -> tuple | Path | None:
+    """The slide's cells with the image size their coordinates refer to (None: level-0 pixels), or the GeoJSON
+    file that holds them (parsed by the slide's planning job), or None."""
     if csv_cells is not None:
         cells = csv_cells.get(path.name)
         return None if cells is None else (cells, cfg.csv.image_size)
@@ -131,7 +135,7 @@ def _slide_cells(path: Path, annotations, csv_cells: dict | None, cfg: TileConfi
     for suffix in (".geojson", ".json"):
         candidate = folder / (path.stem + suffix)
         if candidate.exists():
-            return ann.read_geojson(candidate, cfg.cell_classes), None
+            return candidate
     return None
 
 

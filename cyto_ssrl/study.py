@@ -226,6 +226,7 @@ class Worker:
         self.bar = tqdm(total=len(self.cells), desc=f"study {study_id}", unit="cell", disable=False) if progress else None
         self.failed: dict[str, str] = {}
         self.runs = pd.DataFrame()
+        self.current: dict[str, str] = {}  # cell key -> its finished run made from the current runs of its needs
         self._setups: dict = {}
         self._held: list[str] = []
 
@@ -261,8 +262,8 @@ class Worker:
     def _refresh(self) -> tuple[set[str], set[str]]:
         """(finished cell keys, cell keys a live worker holds); logs progress to the study run."""
         self.runs = cell_runs(self.study_id)
-        done = set(self.runs.loc[self.runs["status"] == "FINISHED", "key"])
-        self._name_analysis(done)
+        self.current = self._current_runs()
+        done = set(self.current)
         running = self.runs[is_live(self.runs)]
         n_done = sum(c.key in done for c in self.cells)
         tracking.log_metrics({"cells_done": n_done, "cells_total": len(self.cells)}, step=n_done,
@@ -271,13 +272,35 @@ class Worker:
             self.bar.update(n_done - self.bar.n)
         return done, set(running["key"])
 
-    def _name_analysis(self, done: set[str]) -> None:
-        """Once every other cell is finished, key the analysis by their runs: new or re-run cells, new analysis."""
-        analysis = self.cells[-1]
-        if set(analysis.needs) <= done:
-            finished = self.runs[(self.runs["status"] == "FINISHED") & self.runs["key"].isin(analysis.needs)]
-            digest = hashlib.sha256(" ".join(sorted(finished["run_id"])).encode()).hexdigest()[:12]
-            self.cells[-1] = dataclasses.replace(analysis, digest=digest)
+    def _current_runs(self) -> dict[str, str]:
+        """Cell key -> its finished run made from the current runs of the cells it needs.
+
+        A finished run whose inputs were run again since (a deleted backbone trained anew, a pool re-drawn) is stale:
+        its cell is to do again, on the new inputs, and `_claim` deletes the stale run so no analysis reads it.
+        """
+        finished = self.runs[self.runs["status"] == "FINISHED"]
+        current: dict[str, str] = {}
+        for i, cell in enumerate(self.cells):  # each after the cells it needs
+            if not set(cell.needs) <= current.keys():
+                continue
+            if cell.stage == "analysis":  # keyed by the runs it summarises: new or re-run cells, new analysis
+                cell = self.cells[i] = dataclasses.replace(cell, digest=_digest(current[k] for k in cell.needs))
+            runs = finished[(finished["key"] == cell.key) & self._made_from_current(finished, cell, current)]
+            if not runs.empty:
+                current[cell.key] = runs["run_id"].iloc[0]
+        return current
+
+    def _made_from_current(self, runs: pd.DataFrame, cell: Cell, current: dict[str, str]) -> pd.Series:
+        """Which of `runs` were made from the current runs of `cell`'s needs (a run of an older version of this
+        project, without the tag, counts as current)."""
+        if "tags.study_inputs" not in runs:
+            return pd.Series(True, index=runs.index)
+        inputs = runs["tags.study_inputs"]
+        return inputs.isna() | (inputs == self._inputs(cell, current))
+
+    @staticmethod
+    def _inputs(cell: Cell, current: dict[str, str]) -> str:
+        return _digest(current[key] for key in cell.needs)
 
     def _take(self, cell: Cell) -> None:
         run_id = self._claim(cell)
@@ -294,10 +317,15 @@ class Worker:
     def _claim(self, cell: Cell) -> str | None:
         """Create the cell's run, then back off (deleting it) if another live run of the cell exists."""
         runs = cell_runs(self.study_id, cell.key)
-        for stale in runs.loc[(runs["status"] == "RUNNING") & ~is_live(runs), "run_id"]:
-            tracking.end_run(stale, "FAILED")  # its worker stopped beating: it was killed
+        for dead in runs.loc[(runs["status"] == "RUNNING") & ~is_live(runs), "run_id"]:
+            tracking.end_run(dead, "FAILED")  # its worker stopped beating: it was killed
+        for stale in runs.loc[(runs["status"] == "FINISHED") & ~self._made_from_current(runs, cell, self.current),
+                              "run_id"]:  # fmt: skip
+            tqdm.write(f"cell {cell.key}: run {stale} used runs that have been replaced; it is deleted and the cell "
+                       f"runs again (`mlflow runs restore --run-id {stale}` brings the old run back)")  # fmt: skip
+            tracking.delete_run(stale)
         tags = {"stage": cell.stage, "study": self.study_id, "study_cell": cell.key, "heartbeat": time.time(),
-                "study_worker": WORKER}  # fmt: skip
+                "study_worker": WORKER, "study_inputs": self._inputs(cell, self.current)}  # fmt: skip
         run_id = tracking.create_run(self.experiment_id, cell.key, tags, self.parent_run_id)
         others = cell_runs(self.study_id, cell.key)
         others = others[(others["run_id"] != run_id) & ((others["status"] == "FINISHED") | is_live(others))]
@@ -307,9 +335,8 @@ class Worker:
         return run_id
 
     def _output(self, key: str, tag: str) -> str:
-        """A tag of the finished run of cell `key`: what a later cell reads (manifest, pool path, model URI)."""
-        finished = self.runs[(self.runs["key"] == key) & (self.runs["status"] == "FINISHED")]
-        return finished[f"tags.{tag}"].iloc[0]
+        """A tag of the current run of cell `key`: what a later cell reads (manifest, pool path, model URI)."""
+        return self.runs.loc[self.runs["run_id"] == self.current[key], f"tags.{tag}"].iloc[0]
 
     def _manifest(self) -> str:
         return self.cfg.manifest or self._output("tiles", "manifest")
@@ -362,11 +389,12 @@ class Worker:
         """The downstream setup of a registered version, made once per worker (its features are cached on disk)."""
         from cyto_ssrl.downstream.run import prepare
 
-        if model_key not in self._setups:
+        run_id = self.current[model_key]  # a backbone trained again is a new setup
+        if run_id not in self._setups:
             uri = self._output(model_key, "model_uri")
             seed = int(model_key.rpartition("/s")[2]) if model_key.startswith("pretrain/") else self.cfg.seeds[0]
-            self._setups[model_key] = prepare(uri, self.cfg.downstream_preset, self._manifest(), seed)
-        return self._setups[model_key]
+            self._setups[run_id] = prepare(uri, self.cfg.downstream_preset, self._manifest(), seed)
+        return self._setups[run_id]
 
     def _do_downstream(self, cell: Cell) -> None:
         from cyto_ssrl.downstream.run import base_lr, budget_run
@@ -383,6 +411,10 @@ class Worker:
         from analysis.report import analyze
 
         analyze(self.study_id, self.dir / "analysis")
+
+
+def _digest(run_ids) -> str:
+    return hashlib.sha256(" ".join(sorted(run_ids)).encode()).hexdigest()[:12]
 
 
 def cell_runs(study_id: str, key: str | None = None) -> pd.DataFrame:

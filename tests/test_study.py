@@ -205,12 +205,19 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "downstream"]
     assert new[new["tags.stage"] == "downstream"]["key"].iloc[0] == broken["key"]
 
-    # A pre-training cell whose run died goes on from that run's last checkpoint, in a new run.
+    # A pre-training cell whose run died goes on from that run's last checkpoint, in a new run. The cells that used
+    # its old registered version run again on the new one, and their old runs are deleted; no other cell runs.
     died = finished[finished["key"] == "pretrain/mae/1:2/s0"].iloc[0]
     tracking.end_run(died["run_id"], "FAILED")
     new = new_cell_runs(lambda: run_study(cfg, "micro", "micro"))
-    assert sorted(new["key"].str.split("/").str[0]) == ["analysis", "pretrain"]
+    users = [c.key for c in plan(cfg) if c.model == died["key"]]
+    assert len(users) == 3 and set(new["status"]) == {"FINISHED"}
+    assert sorted(new["key"]) == sorted([died["key"], *users, *new["key"][new["key"].str.startswith("analysis/")]])
     continued = new[new["key"] == died["key"]].iloc[0]
+    assert set(new.loc[new["key"].isin(users), "tags.model_uri"]) == {continued["tags.model_uri"]}
+    replaced = finished.loc[finished["key"].isin(users), "run_id"]
+    assert {MlflowClient().get_run(r).info.lifecycle_stage for r in replaced} == {"deleted"}
+    assert finished_cells("micro")["key"].is_unique
     assert continued["tags.continued_from"] == died["run_id"] and continued["status"] == "FINISHED"
     # The checkpoint was of the last epoch: no epoch is trained again and the new version holds the same weights.
     assert pd.isna(continued.get("metrics.train_loss"))

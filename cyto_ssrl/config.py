@@ -232,12 +232,14 @@ class StudyConfig:
 STUDY_AXES = ("ratios", "methods", "seeds", "modes", "budgets", "resamples")
 
 
+PAPER_RATIOS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)  # positive:negative = 1:r, the paper's nine pools
+
 STUDY_PRESETS: dict[str, StudyConfig] = {
     # The embedded default: synthetic slides, 3 ratios x 2 methods, about 10 minutes on 2 CPU cores. 16 epochs
     # of 200 tiles (100 steps) instead of the tiny presets' 4, so the backbones move away from their common init.
     "demo": StudyConfig(pretrain_overrides={"epochs": 16}),
     # The paper: 9 ratios x MAE/SimCLR x linear/fine-tune x 5 budgets x 5 resamplings, pools of 80,000 tiles.
-    "paper": StudyConfig(ratios=("1:1", "1:2", "1:5", "1:10", "1:50", "1:100", "1:500", "1:1000", "1:10000"),
+    "paper": StudyConfig(ratios=tuple(f"1:{r}" for r in PAPER_RATIOS),
                          budgets=(100, 50, 10, 5, 1), resamples=5, source="slides", tile_preset="paper",
                          pool_size=80_000, pretrain_preset="paper", downstream_preset="paper", num_processes=8,
                          external=""),

@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from cyto_ssrl import train
-from cyto_ssrl.config import SyntheticConfig
-from cyto_ssrl.data.pools import PAPER_RATIOS, make_pool, parse_ratio, pool_counts, pool_digest
+from cyto_ssrl.config import PAPER_RATIOS, SyntheticConfig
+from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_counts, pool_digest
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import create_backbone
 from cyto_ssrl.pretrain import BACKBONE_FILE

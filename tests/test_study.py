@@ -67,6 +67,9 @@ def test_demo_and_paper_grids_have_every_cell_once_after_what_it_needs():
             seen.add(cell.key)
     paper = [c.key for c in plan(STUDY_PRESETS["paper"])]
     assert "pretrain/simclr/1:10000/s0" in paper and "downstream/pretrain/mae/1:500/s0/finetune/b1/r4" in paper
+    # The paper's nine pools (issue: 1:1, 1:5 ... 1:5,000, 1:10,000).
+    assert [c.ratio for c in plan(STUDY_PRESETS["paper"]) if c.stage == "pools"] == [
+        "1:1", "1:5", "1:10", "1:50", "1:100", "1:500", "1:1000", "1:5000", "1:10000"]  # fmt: skip
 
 
 def test_a_grown_study_keeps_every_cell_it_had():

@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 from cyto_ssrl.errors import CytoError
 
-PAPER_RATIOS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 _RATIO = re.compile(r"^\s*1\s*:\s*([0-9][0-9,_]*)\s*$")
 
 

@@ -509,14 +509,22 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
             failed = worker.run()
             failed_workers = sum(process.wait() != 0 for process in extra)
         if failed or failed_workers:
-            listed = "; ".join(f"{key}: {error}" for key, error in failed.items())
-            raise CytoError(f"study {study_id}: {len(failed)} cell(s) failed here ({listed}) and "
-                            f"{failed_workers} other worker(s) failed; run the same command again to retry them")  # fmt: skip
+            raise CytoError(f"study {study_id}: {_failures(failed)} and {failed_workers} other worker(s) failed; "
+                            f"run the same command again to retry them")  # fmt: skip
         missing = worker.unfinished()
         if missing:
             raise CytoError(f"study {study_id}: {len(missing)} cell(s) not finished, e.g. {missing[0]}")
         tracking.set_tags({"analysis_dir": folder / "analysis"})
     return folder / "analysis"
+
+
+def _failures(failed: dict[str, str]) -> str:
+    """The failed cells in a line that stays readable when a whole column of the grid failed for one reason."""
+    if not failed:
+        return "no cell failed here"
+    key, error = next(iter(failed.items()))
+    others = f"; {len(failed) - 1} more, each reported above" if len(failed) > 1 else ""
+    return f"{len(failed)} cell(s) failed here (first {key}: {error}{others})"
 
 
 def _fail_dead_study_runs(study_id: str) -> None:

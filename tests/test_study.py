@@ -107,6 +107,13 @@ def test_bad_input_is_one_line_before_any_run(store, make, message):
     assert not Path("outputs").exists()
 
 
+def test_many_failed_cells_are_summed_up_in_one_short_line():
+    failed = {f"downstream/pretrain/mae/1:1/s0/linear/b100/r{r}": "budget 100 % needs 31 positive tiles" for r in range(18)}
+    line = study_module._failures(failed)
+    assert line.startswith("18 cell(s) failed here (first downstream/pretrain/mae/1:1/s0/linear/b100/r0: budget")
+    assert "17 more" in line and len(line) < 200 and "\n" not in line
+
+
 def test_an_unreachable_tracking_server_stops_the_study_before_any_work(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(CytoError, match="is unreachable"):

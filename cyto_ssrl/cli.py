@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from cyto_ssrl.config import PAPER_PARTITIONS
 from cyto_ssrl.errors import CytoError
 
 
@@ -43,6 +44,24 @@ def parse_mpp(text: str | None) -> tuple[float | None, dict[str, float]]:
         else:
             default = number
     return default, per_slide
+
+
+def parse_partitions(text: str | None) -> dict[str, float] | None:
+    """'ssrl=0.5,downstream=0.3,evaluation=0.2': shares of the tiles (any scale); '' keeps the preset's (the
+    paper's 120,000 : 40,000 : 8,000, which leaves a small cell collection a handful of evaluation cells)."""
+    if not optional(text):
+        return None
+    shares = {}
+    for item in text.split(","):
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in PAPER_PARTITIONS:
+            raise CytoError(f"partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
+                            f"(write e.g. ssrl=0.5,downstream=0.3,evaluation=0.2)")  # fmt: skip
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            raise CytoError(f"partition share {item!r} is not a number (write e.g. evaluation=0.2)") from None
+    return shares
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

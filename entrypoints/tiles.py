@@ -2,7 +2,7 @@
 
 import argparse
 
-from cyto_ssrl.cli import integer, main, optional, parse_mpp, parse_size
+from cyto_ssrl.cli import integer, main, optional, parse_mpp, parse_partitions, parse_size
 from cyto_ssrl.config import CsvAnnotationConfig
 from cyto_ssrl.stages import run_tiles
 
@@ -17,6 +17,7 @@ def run() -> None:
     parser.add_argument("--annotations", default="", help="folder of QuPath GeoJSON, or a CSV of cell points")
     parser.add_argument("--csv-image-size", default="", help="size the CSV coordinates refer to, e.g. 1376x1020")
     parser.add_argument("--mpp", default="", help="um/px for slides without it: 0.25 or slide=0.25,other=0.5")
+    parser.add_argument("--partitions", default="", help="shares, e.g. ssrl=0.5,downstream=0.3,evaluation=0.2")
     parser.add_argument("--tile-size", type=integer, default=None)
     parser.add_argument("--target-mpp", type=float, default=None)
     parser.add_argument("--min-deposit", type=float, default=None)
@@ -26,7 +27,7 @@ def run() -> None:
     default_mpp, slide_mpp = parse_mpp(args.mpp)
     overrides = dict(seed=args.seed, tile_size=args.tile_size, target_mpp=args.target_mpp,
                      min_deposit=args.min_deposit, workers=args.workers, default_mpp=default_mpp,
-                     slide_mpp=slide_mpp or None)  # fmt: skip
+                     slide_mpp=slide_mpp or None, partitions=parse_partitions(args.partitions))  # fmt: skip
     if parse_size(args.csv_image_size):
         overrides["csv"] = CsvAnnotationConfig(image_size=parse_size(args.csv_image_size))
     run_id, manifest = run_tiles(args.source, optional(args.input), args.output, args.preset,

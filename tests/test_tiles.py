@@ -135,6 +135,19 @@ def test_herlev_cells_one_tile_per_crop_grouped_by_source_image(shared_data, tmp
     assert sizes == {(128, 128)}
 
 
+def test_a_small_collection_takes_its_own_partition_shares(shared_data, tmp_path):
+    from cyto_ssrl.cli import parse_partitions
+
+    shares = parse_partitions("ssrl=0.5, downstream=0.3, evaluation=0.2")
+    cfg = preset(TILE_PRESETS, "tiny", workers=2, partitions=shares)
+    counts = make_tiles("cells", shared_data / "herlev", tmp_path / "h", cfg)["partition"].value_counts()
+    assert counts.to_dict() == pytest.approx({"ssrl": 105, "downstream": 63, "evaluation": 42}, abs=3)
+    for bad, message in [("ssrl=0.5,evaluaton=0.5", "partition 'evaluaton' is not one of ssrl, downstream"),
+                         ("ssrl=half", "partition share 'ssrl=half' is not a number")]:  # fmt: skip
+        with pytest.raises(CytoError, match=message):
+            parse_partitions(bad)
+
+
 def test_sipakmed_leaves_metaplastic_out_and_pads_without_stretching(shared_data, tmp_path):
     cfg = preset(TILE_PRESETS, "paper", tile_size=512, workers=1, partitions={"ssrl": 1, "downstream": 1})
     manifest = make_tiles("cells", shared_data / "sipakmed", tmp_path / "s", cfg)

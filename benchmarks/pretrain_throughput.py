@@ -7,7 +7,8 @@ memory to forward/backward/step; the project's side runs `cyto_ssrl.train.train_
 files through the data loader and the cytology augmentations, and times its second epoch (the first warms up).
 The two sides alternate `repeats` times and the medians are compared: on a shared machine one side's single run
 can be 10 % off. Target: ratio >= 0.9 (the pipeline keeps the model fed). Peak memory: resident set size on
-CPU, allocated device memory on a GPU. Pass `--presets paper-mae,paper-simclr --mixed-precision bf16` on a GPU for the paper presets.
+CPU, allocated device memory on a GPU. Pass `--presets paper-mae,paper-simclr --mixed-precision bf16` on a GPU
+for the paper presets.
 """
 
 from __future__ import annotations

@@ -54,11 +54,9 @@ def main() -> None:
         load = os.getloadavg()[0]
         plan_s, project_s, serial_s, bare_s, bare_parallel_s = [], [], [], [], []
         for repeat in range(args.repeats):
-            start = time.perf_counter()
-            plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
-            plan_s.append(time.perf_counter() - start)
-            write_tiles(plan, Path(tmp) / f"out{repeat}", cfg)
-            project_s.append(time.perf_counter() - start)
+            plan, planning, total = project_tiling(folder, Path(tmp) / f"out{repeat}", cfg)
+            plan_s.append(planning)
+            project_s.append(total)
 
             path, level = plan["source_path"].iloc[0], int(plan["level"].iloc[0])
             side = round(plan["extent"].iloc[0] / open_slide(path).level_downsamples[level])
@@ -73,10 +71,7 @@ def main() -> None:
                 list(pool.map(bare_loop, shares))
                 bare_parallel_s.append(time.perf_counter() - start)
             # The project on one worker: its cost per tile on one core, whatever the machine's scaling.
-            start = time.perf_counter()
-            serial_plan = plan_slides(folder, replace(cfg, workers=1), None).assign(partition="ssrl", source="slides")
-            write_tiles(serial_plan, Path(tmp) / f"serial{repeat}", replace(cfg, workers=1))
-            serial_s.append(time.perf_counter() - start)
+            serial_s.append(project_tiling(folder, Path(tmp) / f"serial{repeat}", replace(cfg, workers=1))[2])
 
     n = len(plan)
     ratios = [b / p / args.workers for p, b in zip(project_s, bare_s)]
@@ -94,6 +89,15 @@ def main() -> None:
           + ", ".join(f"{r:.2f}" for r in ratios) + ")")  # fmt: skip
     print(f"project / bare loop on {args.workers} processes : "
           f"{statistics.median(bare_parallel_s) / statistics.median(project_s):8.2f}")  # fmt: skip
+
+
+def project_tiling(folder: Path, output: Path, cfg):
+    """Stage 1 on the slide folder: (plan, seconds planning, seconds in all)."""
+    start = time.perf_counter()
+    plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
+    planning = time.perf_counter() - start
+    write_tiles(plan, output, cfg)
+    return plan, planning, time.perf_counter() - start
 
 
 def bare_loop(job) -> None:

@@ -81,7 +81,8 @@ def resample_region(region: Image.Image, size: int) -> Image.Image:
     The read level is the coarsest still as fine as the target, so a tile shrinks by less than one level step
     (0.243 -> 0.293 um/px: 1.2x). An antialiased bilinear filter averages the source pixels under each target
     pixel, so chromatin texture does not alias in the training data. torch's uint8 kernel for it runs on the
-    RGBA bytes as they come: 0.14 ms a 309 px tile against 0.57 ms for Pillow's RGB conversion and BOX filter.
+    RGBA bytes as they come: 0.2 ms a 309 px tile, conversions included, against 0.47 ms for Pillow's RGB
+    conversion and BOX filter (the same pixels as Pillow's antialiased bilinear, within 1 grey level).
     """
     pixels = torch.frombuffer(bytearray(region.tobytes()), dtype=torch.uint8).view(1, region.height, region.width, 4)
     if pixels[..., 3].min() < 255:

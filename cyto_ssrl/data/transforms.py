@@ -67,9 +67,9 @@ def view_transform(kind: str, img_size: int) -> v2.Compose:
     if kind not in CROP_SCALES:
         raise CytoError(f"unknown view kind {kind!r}; choose one of {'|'.join(VIEW_KINDS)}")
     steps = _geometry(img_size, CROP_SCALES[kind])
-    if kind != "mae":  # MAE reconstructs pixels; colour noise would only make the targets noisier
-        steps += _photometric(img_size)
-    return v2.Compose(steps + [v2.ToImage()])
+    # MAE reconstructs pixels; colour noise would only make the targets noisier. _photometric ends on a tensor.
+    steps += [v2.ToImage()] if kind == "mae" else _photometric(img_size)
+    return v2.Compose(steps)
 
 
 def eval_transform(img_size: int) -> v2.Compose:

@@ -223,6 +223,10 @@ class StudyConfig:
     pretrain_overrides: dict[str, object] = field(default_factory=dict)  # PretrainConfig fields, e.g. {"epochs": 1}
     num_processes: int = 1  # accelerate processes per pre-training
     downstream_preset: str = "tiny"
+    # > 0: an Optuna search of the downstream blr (this many trials) per version x mode x budget, on the budget's
+    # first draw, before its downstream cells, which then train with the best blr; 0: the preset's blr.
+    tune_trials: int = 0
+    tune_storage: str = ""  # Optuna storage URL; "" is optuna.db beside a SQLite tracking store
     analyses: bool = True  # k-NN, k-means, SVM and t-SNE per registered version
     # Baseline of the box plots (paper Fig. 4/5): "random" registers a randomly initialised backbone per method's
     # backbone; a path registers those local weights (e.g. ImageNet) for every method whose backbone they fit;

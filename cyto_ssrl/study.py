@@ -52,7 +52,7 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which worker ran a cell, in 
 class Cell:
     """One unit of the grid. `model` is the key of the cell that registers the backbone a downstream cell uses."""
 
-    stage: str  # tiles | pools | pretrain | external | downstream | analyses | analysis
+    stage: str  # tiles | pools | pretrain | external | tune | downstream | analyses | analysis
     ratio: str = ""
     method: str = ""
     seed: int = 0
@@ -71,6 +71,7 @@ class Cell:
             "pools": f"pools/{self.ratio}/s{self.seed}",
             "pretrain": f"pretrain/{self.method}/{self.ratio}/s{self.seed}",
             "external": f"external/{self.backbone}",
+            "tune": f"tune/{self.model}/{self.mode}/b{budget_label(self.budget)}",
             "downstream": f"downstream/{self.model}/{self.mode}/b{budget_label(self.budget)}/r{self.resample}",
             "analyses": f"analyses/{self.model}",
             "analysis": f"analysis/{self.digest}",
@@ -149,6 +150,8 @@ def _check_axes(cfg: StudyConfig) -> None:
         check_budget(budget)
     if cfg.resamples < 1:
         raise CytoError(f"resamples must be at least 1, got {cfg.resamples}")
+    if cfg.tune_trials < 0:
+        raise CytoError(f"tune_trials must be 0 (no tuning) or more, got {cfg.tune_trials}")
 
 
 def _check_inputs(cfg: StudyConfig) -> None:
@@ -195,16 +198,27 @@ def plan(cfg: StudyConfig) -> list[Cell]:
             pools.append(pool)
             models += [Cell("pretrain", ratio=ratio, method=m, seed=seed, needs=(pool.key,)) for m in cfg.methods]
     models += [Cell("external", backbone=b) for b in external_weights(cfg)]
-    evaluations = []
-    for model in models:
-        needs = (model.key, *need_tiles)
-        evaluations += [Cell("downstream", model=model.key, mode=mode, budget=budget, resample=resample, needs=needs)
-                        for mode in cfg.modes for budget in cfg.budgets for resample in range(cfg.resamples)]  # fmt: skip
-        if cfg.analyses:
-            evaluations.append(Cell("analyses", model=model.key, needs=needs))
+    evaluations = [cell for model in models for cell in _evaluations(cfg, model.key, (model.key, *need_tiles))]
     cells = [*tiles, *pools, *models, *evaluations]
     # The analysis cell's digest names the runs it summarises; workers fill it in once they are all finished.
     return [*cells, Cell("analysis", needs=tuple(c.key for c in cells))]
+
+
+def _evaluations(cfg: StudyConfig, model: str, needs: tuple[str, ...]) -> list[Cell]:
+    """The downstream cells of one registered backbone, each budget's blr search first when tuned, and its analyses."""
+    cells = []
+    for mode in cfg.modes:
+        for budget in cfg.budgets:
+            budget_needs = needs
+            if cfg.tune_trials:
+                tune = Cell("tune", model=model, mode=mode, budget=budget, needs=needs)
+                cells.append(tune)
+                budget_needs = (*needs, tune.key)
+            cells += [Cell("downstream", model=model, mode=mode, budget=budget, resample=resample, needs=budget_needs)
+                      for resample in range(cfg.resamples)]  # fmt: skip
+    if cfg.analyses:
+        cells.append(Cell("analyses", model=model, needs=needs))
+    return cells
 
 
 def study_dir(cfg: StudyConfig, study_id: str) -> Path:
@@ -396,11 +410,18 @@ class Worker:
             self._setups[run_id] = prepare(uri, self.cfg.downstream_preset, self._manifest(), seed)
         return self._setups[run_id]
 
+    def _do_tune(self, cell: Cell) -> None:
+        from cyto_ssrl.downstream.tune import tune_setup
+
+        cfg = self.cfg
+        tune_setup(self._setup(cell.model), cell.mode, cell.budget, cfg.tune_trials, cfg.tune_storage or None)
+
     def _do_downstream(self, cell: Cell) -> None:
         from cyto_ssrl.downstream.run import base_lr, budget_run
 
         setup = self._setup(cell.model)
-        budget_run(setup, cell.mode, cell.budget, cell.resample, base_lr(setup, cell.mode, cell.budget, None), None)
+        blr = base_lr(setup, cell.mode, cell.budget, "tuned" if self.cfg.tune_trials else None, self.cfg.tune_storage)
+        budget_run(setup, cell.mode, cell.budget, cell.resample, blr, None)
 
     def _do_analyses(self, cell: Cell) -> None:
         from cyto_ssrl.downstream.run import analyses_run

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from cyto_ssrl import study as study_module
 from cyto_ssrl import tracking
 from cyto_ssrl.config import STUDY_PRESETS, StudyConfig
+from cyto_ssrl.downstream.budgets import budget_label
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.study import Worker, cell_runs, load_config, plan, run_study
 
@@ -72,6 +73,19 @@ def test_demo_and_paper_grids_have_every_cell_once_after_what_it_needs():
         "1:1", "1:5", "1:10", "1:50", "1:100", "1:500", "1:1000", "1:5000", "1:10000"]  # fmt: skip
 
 
+def test_a_tuned_grid_searches_each_budgets_lr_before_its_downstream_cells():
+    untuned = plan(STUDY_PRESETS["demo"])
+    cells = plan(load_config("demo", tune_trials=3))
+    tunes = [c for c in cells if c.stage == "tune"]
+    assert not any(c.stage == "tune" for c in untuned)
+    assert len(tunes) == 8 * 2 * 3 and len(cells) == len(untuned) + len(tunes)  # versions x modes x budgets
+    for cell in cells:
+        if cell.stage == "downstream":
+            tune = f"tune/{cell.model}/{cell.mode}/b{budget_label(cell.budget)}"
+            assert tune in cell.needs and tune in {c.key for c in tunes}, cell.key
+    assert "tune/pretrain/mae/1:10/s0/finetune/b5" in {c.key for c in tunes}
+
+
 def test_a_grown_study_keeps_every_cell_it_had():
     small = {c.key for c in plan(STUDY_PRESETS["demo"])}
     grown = {c.key for c in plan(load_config("demo", ratios=("1:1", "1:10", "1:100", "1:1000"), seeds=(0, 1)))}
@@ -96,6 +110,7 @@ def test_preset_from_a_json_file(tmp_path):
     (lambda: run_study(load_config("demo", budgets=(150,)), "x"), "not in (0, 100]"),
     (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
     (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
+    (lambda: run_study(StudyConfig(tune_trials=-1), "x"), "tune_trials must be 0 (no tuning) or more, got -1"),
     (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
     (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
     (lambda: run_study(StudyConfig(), "it's"), "study id \"it's\" may hold only"),
@@ -119,6 +134,24 @@ def test_an_unreachable_tracking_server_stops_the_study_before_any_work(store, m
     with pytest.raises(CytoError, match="is unreachable"):
         run_study(STUDY_PRESETS["demo"], "demo")
     assert not Path("outputs").exists()
+
+
+def test_a_tuned_study_trains_each_budget_with_its_searched_lr(store, manifest, tmp_path):
+    """Real cells: one backbone, its Optuna search of the linear probe's blr, and the two budget draws trained with
+    the best blr found, the search kept in the study's own Optuna storage."""
+    storage = f"sqlite:///{tmp_path / 'tuning.db'}"
+    cfg = micro(manifest, ratios=("1:1",), external="", tune_trials=2, tune_storage=storage)
+    run_study(cfg, "tuned", "micro")
+    finished = finished_cells("tuned").set_index("key")
+    tune = finished.loc["tune/pretrain/mae/1:1/s0/linear/b50"]
+    best = float(tune["tags.best_blr"])
+    assert tune["tags.optuna_storage"] == storage and tune["params.n_trials"] == "2"
+    trials = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{tune.run_id}'")
+    assert len(trials) == 2 and best in set(trials["params.blr"].astype(float))
+    for resample in (0, 1):
+        downstream = finished.loc[f"downstream/pretrain/mae/1:1/s0/linear/b50/r{resample}"]
+        assert float(downstream["params.blr"]) == pytest.approx(best)
+    assert not (tmp_path / "optuna.db").exists()  # nothing went to the default storage
 
 
 # --- claims ---

@@ -191,13 +191,13 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
     return parent.info.run_id
 
 
-def base_lr(setup: Setup, mode: str, budget: float, lr) -> float:
+def base_lr(setup: Setup, mode: str, budget: float, lr, storage: str | None = None) -> float:
     """The blr of a budget's training: the preset's, or with lr='tuned' the best of a finished tune study."""
     if lr != "tuned":
         return setup.cfg.training(mode).blr
     from cyto_ssrl.downstream.tune import tuned_blr  # tune builds on this module
 
-    return tuned_blr(setup.version, mode, budget)
+    return tuned_blr(setup.version, mode, budget, storage or None)
 
 
 def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None) -> None:

@@ -63,7 +63,13 @@ def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: 
         raise CytoError(f"tune trains a classifier: mode must be one of {'|'.join(TRAINED_MODES)}, got {mode!r}")
     if n_trials < 1:
         raise CytoError(f"n_trials must be at least 1, got {n_trials}")
-    setup = prepare(model_uri, preset_name, manifest, seed, **overrides)
+    return tune_setup(prepare(model_uri, preset_name, manifest, seed, **overrides), mode, budget, n_trials, storage)
+
+
+def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
+               storage: str | None = None) -> tuple[str, float]:  # fmt: skip
+    """run_tune on a prepared setup (a study cell reuses its worker's)."""
+    seed = setup.cfg.seed
     train, val = draw_budget(setup.downstream, budget, 0, seed)
     storage = storage or default_storage()
     name = study_name(setup.version, mode, budget)
@@ -75,8 +81,8 @@ def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: 
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))  # a rerun does not repeat its trials
     # tune_mode and tune_budget, not mode and budget: a search for downstream results by params.mode and
     # params.budget must not find tuning runs.
-    params = {"model_uri": model_uri, "tune_mode": mode, "tune_budget": budget_label(budget), "n_trials": n_trials,
-              "preset": preset_name, "seed": seed, "blr_low": settings.blr_search[0],
+    params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
+              "n_trials": n_trials, "preset": setup.preset_name, "seed": seed, "blr_low": settings.blr_search[0],
               "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val)}  # fmt: skip
     tags = {**setup.tags, "study_name": name, "optuna_storage": _shown(storage)}
     run_name = f"tune-{mode}-b{budget_label(budget)}"

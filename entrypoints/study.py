@@ -25,11 +25,14 @@ def run() -> None:
     parser.add_argument("--modes", default="", help="linear,finetune")
     parser.add_argument("--budgets", default="", help="label budgets in %%, e.g. 100,50,10,5,1")
     parser.add_argument("--resamples", default="", help="budget draws per budget")
+    parser.add_argument("--tune-trials", default="", help="Optuna trials of the downstream lr per version x mode x "
+                        "budget (a setting of the study, not an axis: a new study id)")  # fmt: skip
     args = parser.parse_args()
     cfg = load_config(args.preset, ratios=listed(args.ratios), methods=listed(args.methods),
                       seeds=listed(args.seeds, integer), modes=listed(args.modes),
                       budgets=parse_budgets(args.budgets) if optional(args.budgets) else None,
-                      resamples=integer(args.resamples) if optional(args.resamples) else None)  # fmt: skip
+                      resamples=integer(args.resamples) if optional(args.resamples) else None,
+                      tune_trials=integer(args.tune_trials) if optional(args.tune_trials) else None)  # fmt: skip
     study_id = optional(args.study) or args.preset.removesuffix(".json").rpartition("/")[2]
     folder = run_study(cfg, study_id, args.preset, args.workers)
     uri = tracking.configure()

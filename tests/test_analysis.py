@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy.stats import ttest_rel
 
-from analysis.figures import plot_boxes
+from analysis.figures import bounded_spread, plot_boxes, spread
 from analysis.query import downstream_results, representation_results
 from analysis.report import analyze
 from entrypoints.analyze import run
@@ -213,3 +213,12 @@ def test_a_study_without_runs_or_a_ratio_it_lacks_is_a_one_line_error(study, tmp
         main(run)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: no finished downstream runs for study nope")
+
+
+def test_error_bars_stop_at_the_bounds_of_a_fraction():
+    rows = pd.DataFrame({"ratio_r": [1, 1, 10, 10], "auc": [0.90, 0.09, 0.60, 0.70]})
+    stats = spread(rows, "ratio_r", "auc")
+    below, above = bounded_spread(stats)
+    assert stats.loc[1, "std"] > stats.loc[1, "mean"]  # 49.5 ± 57.3 would cross both 0 and 100
+    assert below[1] == pytest.approx(stats.loc[1, "mean"]) and above[1] == pytest.approx(100 - stats.loc[1, "mean"])
+    assert below[10] == pytest.approx(stats.loc[10, "std"]) == above[10]  # inside the bounds: mean ± std

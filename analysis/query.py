@@ -21,7 +21,7 @@ PAIR_KEYS = ("seed", "pretrain_seed", "resample")
 MODEL_TAGS = ("tags.method", "tags.backbone", "tags.ratio", "tags.ratio_r")
 REQUIRED = (*MODEL_TAGS, "params.mode", "params.budget", "params.resample")
 COLUMNS = ("method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample", "seed", "pretrain_seed",
-           "model_version", "run_id", *METRIC_NAMES)  # fmt: skip
+           "model_version", "blr", "run_id", *METRIC_NAMES)  # fmt: skip
 
 
 def downstream_results(study_id: str) -> pd.DataFrame:
@@ -47,12 +47,13 @@ def downstream_results(study_id: str) -> pd.DataFrame:
         "seed": _column(runs, "params.seed").fillna("0").astype(int),
         "pretrain_seed": _column(runs, "tags.pretrain_seed").fillna("").astype(str),
         "model_version": _column(runs, "tags.model_version").fillna("").astype(str),
+        "blr": _column(runs, "params.blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
         "run_id": runs["run_id"],
         **{name: _column(runs, f"metrics.eval_{name}").astype(float) for name in METRIC_NAMES},
         "start_time": runs["start_time"],
     })  # fmt: skip
     # A cell evaluated twice (a rerun of the same model version on the same draw) counts once: the newest run.
-    repeated = [c for c in COLUMNS if c not in ("run_id", *METRIC_NAMES)]
+    repeated = [c for c in COLUMNS if c not in ("blr", "run_id", *METRIC_NAMES)]
     results = results.sort_values("start_time").drop_duplicates(repeated, keep="last")
     return sort_rows(results.sort_values(["ratio_r", *PAIR_KEYS]))[list(COLUMNS)]
 

@@ -118,8 +118,8 @@ def study(store, study_db) -> str:
 def test_results_are_one_tidy_row_per_finished_budget_run_of_the_study(study):
     results = downstream_results("s1")
     assert len(results) == 2 * 2 * 2 * 3 * 3 + 2 * 2 * 3  # pre-trained runs + the external baseline's
-    assert list(results.columns[:11]) == ["method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample",
-                                          "seed", "pretrain_seed", "model_version", "run_id"]  # fmt: skip
+    assert list(results.columns[:12]) == ["method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample",
+                                          "seed", "pretrain_seed", "model_version", "blr", "run_id"]  # fmt: skip
     assert set(results["ratio_r"]) == {0, 1, 10, 100}
     assert set(results["budget"]) == set(BUDGETS) and results["resample"].dtype.kind == "i"
     first = results.iloc[0]

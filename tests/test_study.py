@@ -18,6 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from analysis.query import downstream_results
 from cyto_ssrl import study as study_module
 from cyto_ssrl import tracking
 from cyto_ssrl.config import STUDY_PRESETS, StudyConfig
@@ -152,6 +153,7 @@ def test_a_tuned_study_trains_each_budget_with_its_searched_lr(store, manifest, 
         downstream = finished.loc[f"downstream/pretrain/mae/1:1/s0/linear/b50/r{resample}"]
         assert float(downstream["params.blr"]) == pytest.approx(best)
     assert not (tmp_path / "optuna.db").exists()  # nothing went to the default storage
+    assert downstream_results("tuned")["blr"].tolist() == pytest.approx([best, best])  # the analysis shows it
 
 
 # --- claims ---

@@ -4,9 +4,9 @@
 
 Both sides cut the same tile grid of the same slide. The project's side includes the deposit check (planning),
 read, resample to the target um/px, JPEG encode and write, spread over `workers` processes; the bare loop only
-reads the regions, in one process and in the order the project's jobs read them. Target: project tiles/s per worker >= 0.7 x bare tiles/s. That ratio is the
-project's own cost per tile on one core (printed from a 1-worker run) times how far the machine's cores scale
-(printed from the bare loop on `workers` processes).
+reads the regions, in one process and in the order the project's jobs read them. Target: project tiles/s per
+worker >= 0.7 x bare tiles/s. That ratio is the project's own cost per tile on one core (printed from a 1-worker
+run) times how far the machine's cores scale (printed from the bare loop on `workers` processes).
 
 The two sides alternate `repeats` times and the medians are reported: other processes on the machine slow
 whichever side runs beside them. Tile files are created in the working directory, where real output goes, and
@@ -53,7 +53,8 @@ def main() -> None:
             folder.mkdir()
             (folder / Path(args.slide).name).symlink_to(Path(args.slide).resolve())
         else:
-            generate_cohort(folder, SyntheticConfig(n_slides=1, positive_slide_fraction=0, deposit_um=args.deposit_um, mpps=(0.243,)))
+            slide = SyntheticConfig(n_slides=1, positive_slide_fraction=0, deposit_um=args.deposit_um, mpps=(0.243,))
+            generate_cohort(folder, slide)
         cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
                      workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
         load = os.getloadavg()[0]

@@ -413,8 +413,7 @@ class Worker:
     def _do_tune(self, cell: Cell) -> None:
         from cyto_ssrl.downstream.tune import tune_setup
 
-        cfg = self.cfg
-        tune_setup(self._setup(cell.model), cell.mode, cell.budget, cfg.tune_trials, cfg.tune_storage or None)
+        tune_setup(self._setup(cell.model), cell.mode, cell.budget, self.cfg.tune_trials, self.cfg.tune_storage)
 
     def _do_downstream(self, cell: Cell) -> None:
         from cyto_ssrl.downstream.run import base_lr, budget_run

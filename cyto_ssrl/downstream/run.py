@@ -197,7 +197,7 @@ def base_lr(setup: Setup, mode: str, budget: float, lr, storage: str | None = No
         return setup.cfg.training(mode).blr
     from cyto_ssrl.downstream.tune import tuned_blr  # tune builds on this module
 
-    return tuned_blr(setup.version, mode, budget, storage or None)
+    return tuned_blr(setup.version, mode, budget, storage)
 
 
 def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None) -> None:

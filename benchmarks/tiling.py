@@ -8,6 +8,11 @@ reads the regions, in one process and in the order the project's jobs read them.
 worker >= 0.7 x bare tiles/s. That ratio is the project's own cost per tile on one core (printed from a 1-worker
 run) times how far the machine's cores scale (printed from the bare loop on `workers` processes).
 
+A third loop bounds what the project could reach on the machine: the bare loop plus only the work every tile needs
+(the project's resample, JPEG encode and one file write), on `workers` processes, with no planning, no manifest
+and no process pool handing out jobs. The project's rate over that loop's is its own overhead; that loop's rate
+per process over the bare loop's is the best ratio per worker that this work allows on the machine.
+
 The two sides alternate `repeats` times and the medians are reported: other processes on the machine slow
 whichever side runs beside them. Tile files are created in the working directory, where real output goes, and
 all are deleted only at the end: on an ext4 file system without a journal (this machine's) each new file scans
@@ -27,9 +32,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
-from cyto_ssrl.data.slides import open_slide
+from cyto_ssrl.data.slides import open_slide, resample_region
 from cyto_ssrl.data.synthetic import generate_cohort
 from cyto_ssrl.data.tiles import _job_keys, plan_slides, write_tiles
 
@@ -58,7 +64,7 @@ def main() -> None:
         cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
                      workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
         load = os.getloadavg()[0]
-        plan_s, project_s, serial_s, bare_s, bare_parallel_s = [], [], [], [], []
+        plan_s, project_s, serial_s, bare_s, bare_parallel_s, same_work_s = [], [], [], [], [], []
         for repeat in range(args.repeats):
             plan, planning, total = project_tiling(folder, Path(tmp) / f"out{repeat}", cfg)
             plan_s.append(planning)
@@ -68,18 +74,14 @@ def main() -> None:
             side = round(plan["extent"].iloc[0] / open_slide(path).level_downsamples[level])
             coords = in_job_order(plan)
             start = time.perf_counter()
-            bare_loop((path, level, side, coords))
+            bare_loop((path, level, side, coords, None))
             bare_s.append(time.perf_counter() - start)
-            # The same loop split over `workers` processes: how far this machine's cores scale at all. Each process
-            # reads a contiguous share, so the slide tiles it decodes stay in its own OpenSlide cache; interleaved
-            # shares made both processes decode nearly every slide tile (x1.5 instead of x1.75-2.0).
-            shares = [(path, level, side, share.tolist()) for share in np.array_split(coords, args.workers)]
-            with ProcessPoolExecutor(args.workers) as pool:
-                start = time.perf_counter()
-                list(pool.map(bare_loop, shares))
-                bare_parallel_s.append(time.perf_counter() - start)
+            # The same loop split over `workers` processes: how far this machine's cores scale at all.
+            bare_parallel_s.append(parallel_loops(path, level, side, coords, args.workers, None))
             # The project on one worker: its cost per tile on one core, whatever the machine's scaling.
             serial_s.append(project_tiling(folder, Path(tmp) / f"serial{repeat}", replace(cfg, workers=1))[2])
+            same_work_s.append(parallel_loops(path, level, side, coords, args.workers,
+                                              (Path(tmp) / f"same{repeat}", cfg)))  # fmt: skip
 
     n = len(plan)
     ratios = [b / p / args.workers for p, b in zip(project_s, bare_s)]
@@ -97,6 +99,11 @@ def main() -> None:
           + ", ".join(f"{r:.2f}" for r in ratios) + ")")  # fmt: skip
     print(f"project / bare loop on {args.workers} processes : "
           f"{statistics.median(bare_parallel_s) / statistics.median(project_s):8.2f}")  # fmt: skip
+    same_work = n / statistics.median(same_work_s)
+    print(f"bare loop + resample, encode, write, {args.workers} processes: {same_work:8.1f} tiles/s  "
+          f"(per process {same_work / args.workers / (n / statistics.median(bare_s)):.2f} of the bare loop: "
+          f"the ceiling for this per-tile work here)")  # fmt: skip
+    print(f"project / that loop             : {statistics.median(same_work_s) / statistics.median(project_s):8.2f}")
 
 
 def project_tiling(folder: Path, output: Path, cfg):
@@ -118,11 +125,33 @@ def in_job_order(plan) -> list[tuple[int, int]]:
     return [(x, y) for _, job in plan.groupby(_job_keys(plan), sort=False) for x, y in zip(job["x"], job["y"])]
 
 
+def parallel_loops(path, level: int, side: int, coords, workers: int, write) -> float:
+    """Seconds for bare_loop over `workers` processes, each on a contiguous share of the tiles.
+
+    Contiguous shares keep the slide tiles a process decodes in its own OpenSlide cache; interleaved shares made
+    both processes decode nearly every slide tile (x1.5 instead of x1.75-2.0).
+    """
+    shares = [(path, level, side, share.tolist(), write) for share in np.array_split(coords, workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        start = time.perf_counter()
+        list(pool.map(bare_loop, shares))
+        return time.perf_counter() - start
+
+
 def bare_loop(job) -> None:
-    path, level, side, coords = job
+    """read_region over the tiles; with write = (folder, cfg), also the work every tile needs after its read."""
+    path, level, side, coords, write = job
     slide = open_slide(path)
+    if write is None:
+        for x, y in coords:
+            slide.read_region((int(x), int(y)), level, (side, side))
+        return
+    folder, cfg = write
+    folder.mkdir(exist_ok=True)
+    torch.set_num_threads(1)  # as in the project's workers
     for x, y in coords:
-        slide.read_region((int(x), int(y)), level, (side, side))
+        tile = resample_region(slide.read_region((int(x), int(y)), level, (side, side)), cfg.tile_size)
+        tile.save(folder / f"{x}_{y}.jpg", quality=cfg.jpeg_quality)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import sys
 
@@ -76,8 +78,19 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def integer(text: str) -> int:
-    """MLflow's numeric parameters are floats ('400.0'); accept those for whole-number options."""
-    value = float(text)
+    """MLflow's numeric parameters are floats ('400.0'); accept those for whole-number options.
+
+    An argparse type: argparse prefixes the message with the option it was given for.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not value.is_integer():
-        raise CytoError(f"{text!r} is not a whole number")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
+
+
+def optional_integer(text: str) -> int | None:
+    """A whole number, or None where MLflow passed an unset parameter ('')."""
+    return integer(text) if optional(text) else None

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from tqdm import tqdm
 
 from cyto_ssrl.errors import CytoError
 
@@ -199,7 +200,8 @@ def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_e
         info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle",
                                         signature=signature, input_example=input_example.numpy(),
                                         pip_requirements=pip_requirements())  # fmt: skip
-    version = mlflow.register_model(info.model_uri, model_name, tags=_strings(tags))
+    with _mlflow_events_silenced():
+        version = mlflow.register_model(info.model_uri, model_name, tags=_strings(tags))
     client = MlflowClient()
     try:
         missing = set(tags) - set(client.get_model_version(model_name, version.version).tags)
@@ -209,7 +211,22 @@ def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_e
     except BaseException:
         client.delete_model_version(model_name, version.version)
         raise
+    tqdm.write(f"registered models:/{model_name}/{version.version} as models:/{model_name}@{alias}")
     return version.version
+
+
+@contextlib.contextmanager
+def _mlflow_events_silenced():
+    """MLflow prints two lines of its own per registration straight to stderr, through the study's progress bar;
+    register_backbone writes one line with the URIs instead, through tqdm."""
+    from mlflow.utils import logging_utils
+
+    previous = logging_utils.MLFLOW_LOGGING_STREAM.enabled
+    logging_utils.disable_logging()
+    try:
+        yield
+    finally:
+        logging_utils.MLFLOW_LOGGING_STREAM.enabled = previous
 
 
 

@@ -152,10 +152,13 @@ def test_bad_pretraining_requests(store, tiles, kwargs, message):
     assert mlflow.search_registered_models() == []
 
 
-def test_external_backbone_from_a_local_weights_file(store, tmp_path):
+def test_external_backbone_from_a_local_weights_file(store, tmp_path, capsys):
     weights = create_backbone("resnet18", 64, 8).state_dict()
     save_file(weights, tmp_path / "imagenet_resnet18.safetensors")
     _, uri = register_external(str(tmp_path / "imagenet_resnet18.safetensors"), preset_name="tiny-simclr")
+    printed = capsys.readouterr()
+    assert "Created version" not in printed.err  # MLflow's own lines would cut through a study's progress bar
+    assert f"registered {uri} as models:/cyto-external-resnet18@external" in printed.out + printed.err
     version = MlflowClient().get_model_version_by_alias("cyto-external-resnet18", "external")
     assert version.tags["ratio"] == "external" and version.tags["source"] == "imagenet_resnet18.safetensors"
     loaded = mlflow.pytorch.load_model(uri).state_dict()

@@ -32,12 +32,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
 from cyto_ssrl.data.slides import open_slide, resample_region
 from cyto_ssrl.data.synthetic import generate_cohort
-from cyto_ssrl.data.tiles import _job_keys, plan_slides, write_tiles
+from cyto_ssrl.data.tiles import _job_keys, _start_worker, plan_slides, write_tiles
 
 
 def main() -> None:
@@ -129,10 +128,11 @@ def parallel_loops(path, level: int, side: int, coords, workers: int, write) -> 
     """Seconds for bare_loop over `workers` processes, each on a contiguous share of the tiles.
 
     Contiguous shares keep the slide tiles a process decodes in its own OpenSlide cache; interleaved shares made
-    both processes decode nearly every slide tile (x1.5 instead of x1.75-2.0).
+    both processes decode nearly every slide tile (x1.5 instead of x1.75-2.0). The processes start as the
+    project's workers do (one torch thread each).
     """
     shares = [(path, level, side, share.tolist(), write) for share in np.array_split(coords, workers)]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=_start_worker) as pool:
         start = time.perf_counter()
         list(pool.map(bare_loop, shares))
         return time.perf_counter() - start
@@ -148,7 +148,6 @@ def bare_loop(job) -> None:
         return
     folder, cfg = write
     folder.mkdir(exist_ok=True)
-    torch.set_num_threads(1)  # as in the project's workers
     for x, y in coords:
         tile = resample_region(slide.read_region((int(x), int(y)), level, (side, side)), cfg.tile_size)
         tile.save(folder / f"{x}_{y}.jpg", quality=cfg.jpeg_quality)

@@ -229,7 +229,6 @@ def _mlflow_events_silenced():
         logging_utils.MLFLOW_LOGGING_STREAM.enabled = previous
 
 
-
 def run_tags(run_id: str) -> dict[str, str]:
     configure()
     try:

@@ -6,10 +6,9 @@ One row per finished linear-probe or fine-tuning run (one budget draw of one bac
 
 from __future__ import annotations
 
-import mlflow
 import pandas as pd
 
-from cyto_ssrl import tracking
+from cyto_ssrl import names, tracking
 from cyto_ssrl.downstream.config import TRAINED_MODES  # 'analyses' runs have no budget, no eval_*
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
@@ -28,12 +27,11 @@ def downstream_results(study_id: str) -> pd.DataFrame:
     """Tidy table of the study's finished downstream runs with a budget; a one-line error when there are none."""
     if "'" in study_id:
         raise CytoError(f"study id {study_id!r} must not contain quotes")
-    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'downstream' "
-                                "and attributes.status = 'FINISHED'")  # fmt: skip
+    runs = tracking.find_runs("downstream", "FINISHED", study=study_id)
     # The parent run of each downstream call and the analyses run carry no budget: they are not results.
     runs = runs[_column(runs, "params.mode").isin(TRAINED_MODES) & _column(runs, "params.budget").notna()]
     if runs.empty:
-        raise CytoError(f"no finished downstream runs for study {study_id} in {mlflow.get_tracking_uri()}")
+        raise CytoError(f"no finished downstream runs for study {study_id} in {tracking.store_uri()}")
     _check_complete(runs, study_id, REQUIRED)
     results = pd.DataFrame({
         "method": runs["tags.method"],
@@ -49,7 +47,7 @@ def downstream_results(study_id: str) -> pd.DataFrame:
         "model_version": _column(runs, "tags.model_version").fillna("").astype(str),
         "blr": _column(runs, "params.blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
         "run_id": runs["run_id"],
-        **{name: _column(runs, f"metrics.eval_{name}").astype(float) for name in METRIC_NAMES},
+        **{name: _column(runs, f"metrics.{names.EVAL}{name}").astype(float) for name in METRIC_NAMES},
         "start_time": runs["start_time"],
     })  # fmt: skip
     # A cell evaluated twice (a rerun of the same model version on the same draw) counts once: the newest run.
@@ -107,13 +105,12 @@ REPRESENTATION_METRICS = ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "k
 
 def representation_results(study_id: str) -> pd.DataFrame:
     """One row per finished analyses run: method, backbone, ratio, ratio_r and REPRESENTATION_METRICS (empty if none)."""
-    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'downstream' "
-                                "and params.mode = 'analyses' and attributes.status = 'FINISHED'")  # fmt: skip
+    runs = tracking.find_runs("downstream", "FINISHED", params={"mode": "analyses"}, study=study_id)
     if runs.empty:
         return pd.DataFrame(columns=["method", "backbone", "ratio", "ratio_r", *REPRESENTATION_METRICS])
     _check_complete(runs, study_id, MODEL_TAGS)
     return sort_rows(pd.DataFrame({
         "method": runs["tags.method"], "backbone": runs["tags.backbone"], "ratio": runs["tags.ratio"],
         "ratio_r": runs["tags.ratio_r"].astype(int),
-        **{name: _column(runs, f"metrics.{name}").astype(float) for name in REPRESENTATION_METRICS},
+        **{name: _column(runs, f"metrics.{names.REPRESENTATION}{name}").astype(float) for name in REPRESENTATION_METRICS},
     }).sort_values("ratio_r"))  # fmt: skip

@@ -13,6 +13,7 @@ from analysis.stats import ALPHA, drops, markdown_drops
 from analysis.tables import markdown_table, numeric_table, summary
 from cyto_ssrl import tracking
 from cyto_ssrl.data.pools import parse_ratio, ratio_label
+from cyto_ssrl.downstream.budgets import budget_label
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
@@ -29,18 +30,49 @@ def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, met
     output = Path(output_dir)
     params = {"study": study_id, "output": output, "ratio": ratio_label(box_ratio), "metrics": ",".join(metrics)}
     with tracking.stage_run("analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}"):
-        files = [tracking.log_table(results, output / "results.csv")]
+        files = [_table(results, output / "tables" / "results.csv")]
         representation = representation_results(study_id)
         if not representation.empty:
-            files += [tracking.log_table(representation.round(4), output / f"representation.{suffix}")
+            files += [_table(representation.round(4), output / "tables" / f"representation.{suffix}")
                       for suffix in ("md", "csv")]  # fmt: skip
         for metric in metrics:
             files += _metric_outputs(results, metric, box_ratio, study_id, output)
+        tracking.log_metrics(headline_metrics(results, metrics))
         readme = output / "README.md"
-        readme.write_text(readme_text(study_id, results, box_ratio, metrics, files))
+        readme.write_text(readme_text(study_id, results, box_ratio, metrics, files, output))
         tracking.log_artifact(readme)
     return output
 
+
+def _table(df: pd.DataFrame, path: Path) -> Path:
+    """A table written to `path` and logged under the artifact folder of the same name (tables/, stats/); the
+    Markdown ones (for people) also as MLflow's JSON table, which the UI renders as a table."""
+    if path.suffix == ".md":
+        tracking.log_ui_table(df.astype(str), f"{path.parent.name}/{path.stem}.json")
+    return tracking.log_table(df, path, artifact_path=path.parent.name)
+
+
+def _figure(fig, path: Path) -> Path:
+    return tracking.log_figure(fig, path, artifact_path=path.parent.name)
+
+
+def headline_metrics(results: pd.DataFrame, metrics) -> dict[str, float]:
+    """Per method x mode x budget: the drop (percentage points) from the reference ratio (1:1) to the most
+    imbalanced one, `drop_<metric>/<panel>-b<budget>`, and its p-value where there is one, `p_<metric>/...`:
+    the numbers the runs table can show and sort without opening a file."""
+    headline = {}
+    for metric in metrics:
+        stats = drops(results, metric)
+        if stats.empty:
+            continue
+        stats = stats.assign(ratio_r=stats["ratio"].map(parse_ratio))
+        last = stats.loc[stats.groupby(["method", "backbone", "mode", "budget"])["ratio_r"].idxmax()]
+        for row in last.itertuples():
+            key = f"{row.method}-{row.backbone}-{row.mode}-b{budget_label(row.budget)}"
+            headline[f"drop_{metric}/{key}"] = row.drop_pp
+            if pd.notna(row.p_value):
+                headline[f"p_{metric}/{key}"] = row.p_value
+    return headline
 
 def _box_ratio(results: pd.DataFrame, ratio: str | None, study_id: str) -> int:
     present = sorted(pretrained(results)["ratio_r"].unique())
@@ -58,12 +90,12 @@ def _metric_outputs(results: pd.DataFrame, metric: str, box_ratio: int, study_id
     stats = drops(results, metric)
     box_name = f"boxplot_{metric}_{ratio_label(box_ratio).replace(':', '-')}.png"
     return [
-        tracking.log_figure(plot_curves(results, metric, study_id), output / f"curves_{metric}.png"),
-        tracking.log_table(markdown_table(table), output / f"table_{metric}.md"),
-        tracking.log_table(numeric_table(table), output / f"table_{metric}.csv"),
-        tracking.log_figure(plot_boxes(results, metric, box_ratio, study_id), output / box_name),
-        tracking.log_table(markdown_drops(stats), output / f"stats_{metric}.md"),
-        tracking.log_table(stats, output / f"stats_{metric}.csv"),
+        _figure(plot_curves(results, metric, study_id), output / "figures" / f"curves_{metric}.png"),
+        _figure(plot_boxes(results, metric, box_ratio, study_id), output / "figures" / box_name),
+        _table(markdown_table(table), output / "tables" / f"table_{metric}.md"),
+        _table(numeric_table(table), output / "tables" / f"table_{metric}.csv"),
+        _table(markdown_drops(stats), output / "stats" / f"stats_{metric}.md"),
+        _table(stats, output / "stats" / f"stats_{metric}.csv"),
     ]
 
 
@@ -82,15 +114,16 @@ FILE_DESCRIPTIONS = {
 }  # fmt: skip
 
 
-def readme_text(study_id: str, results: pd.DataFrame, box_ratio: int, metrics, files: list[Path]) -> str:
+def readme_text(study_id: str, results: pd.DataFrame, box_ratio: int, metrics, files: list[Path], output: Path) -> str:
     counts = results.groupby(["method", "mode"]).size().to_dict()
     lines = [f"# Analysis of study {study_id}", "",
              f"{len(results)} finished downstream runs, read from the MLflow tracking store: "
              + ", ".join(f"{method} {mode} {n}" for (method, mode), n in counts.items()) + ".",
              f"Box plots show ratio {ratio_label(box_ratio)}. "
-             f"Metrics: {', '.join(METRIC_LABELS[m] for m in metrics)}.", "",
-             "| files | content |", "|---|---|"]  # fmt: skip
+             f"Metrics: {', '.join(METRIC_LABELS[m] for m in metrics)}. The headline drops (1:1 to the most "
+             "imbalanced ratio) and their p-values are also this run's metrics `drop_<metric>/...` and `p_<metric>/...`.",
+             "", "| files | content |", "|---|---|"]  # fmt: skip
     for kind, description in FILE_DESCRIPTIONS.items():
-        names = [path.name for path in files if path.stem.split("_")[0] == kind]
+        names = [path.relative_to(output).as_posix() for path in files if path.stem.split("_")[0] == kind]
         lines.append(f"| {', '.join(names)} | {description} |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -66,6 +67,25 @@ def parse_partitions(text: str | None) -> dict[str, float] | None:
     return shares
 
 
+def parse_balance(text: str | None) -> tuple[str, ...] | None:
+    """'downstream,evaluation': the partitions drawn 1:1 positive:negative; 'none': none (every partition keeps the
+    collection's prevalence); 'preset' or '' keeps the preset's (downstream and evaluation). Never ssrl: pools need
+    all of it."""
+    if text is None or text.strip() in ("", "preset"):
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    for name in names or ("",):
+        if name not in PAPER_PARTITIONS:
+            raise CytoError(f"balance: partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
+                            f"(write e.g. downstream,evaluation, or none)")  # fmt: skip
+    from cyto_ssrl.data.split import check_balance
+
+    check_balance(names)
+    return names
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
     """'1376x1020' -> (1376, 1020)."""
     if not optional(text):
@@ -94,3 +114,74 @@ def integer(text: str) -> int:
 def optional_integer(text: str) -> int | None:
     """A whole number, or None where MLflow passed an unset parameter ('')."""
     return integer(text) if optional(text) else None
+
+
+# --- each entry point's parameters, declared once -----------------------------------------------------------------
+# An entry point declares its parameters as one dataclass of `param(...)` fields; `parse_params` builds its argparse
+# CLI from them, and tests/test_project.py checks that MLproject declares the same names, defaults and command.
+
+REQUIRED = object()  # a parameter without a default (MLproject declares none)
+
+
+def param(default, help: str = "", unset: bool = False):
+    """One entry-point parameter: its default as MLproject writes it, and its help. With `unset`, the default is
+    a word that says what happens when the parameter is not given ('preset': the preset's value, 'lineage': the
+    model's ...); the entry point then gets None, as it does for '' and 'none'."""
+    default = None if default is REQUIRED else default
+    return dataclasses.field(default=default, metadata={"help": help, "unset": unset, "required": default is None})
+
+
+def boolean(text: str) -> bool:
+    """'true'/'false' (MLflow passes every parameter as text); an argparse type."""
+    if str(text).lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return str(text).lower() == "true"
+
+
+TYPES = {"str": str, "int": integer, "float": float, "bool": boolean}
+
+
+def _kind(f: dataclasses.Field) -> str:
+    """'str', 'int', 'float' or 'bool', whether or not the module postpones its annotations."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def parse_params(params_type, description: str, argv: list[str] | None = None):
+    """The entry point's parameters from the command line, as an instance of its dataclass `params_type`."""
+    parser = argparse.ArgumentParser(description=description)
+    fields = dataclasses.fields(params_type)
+    for f in fields:
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=str if f.metadata["unset"] else TYPES[_kind(f)],
+                            required=f.metadata["required"], default=f.default, help=_help(f))  # fmt: skip
+    args = parser.parse_args(argv)
+    values = {}
+    for f in fields:
+        value = getattr(args, f.name)
+        if f.metadata["unset"]:
+            value = None if value in (f.default, "", "none", "None") else _converted(parser, f, value)
+        values[f.name] = value
+    return params_type(**values)
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _converted(parser: argparse.ArgumentParser, f: dataclasses.Field, value: str):
+    try:
+        return TYPES[_kind(f)](value)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument --{f.name.replace('_', '-')}: {exc}")
+    except ValueError:
+        parser.error(f"argument --{f.name.replace('_', '-')}: {value!r} is not a number")
+
+
+def mlproject_entry(params_type, module: str) -> dict:
+    """What MLproject must declare for an entry point: its parameters (name -> type and default) and command."""
+    declared = {}
+    for f in dataclasses.fields(params_type):
+        kind = "string" if f.metadata["unset"] or _kind(f) in ("str", "bool") else "float"
+        declared[f.name] = {"type": kind} if f.metadata["required"] else {"type": kind, "default": f.default}
+    options = " ".join(f"--{name.replace('_', '-')} {{{name}}}" for name in declared)
+    return {"parameters": declared, "command": f"python -m {module} {options}"}

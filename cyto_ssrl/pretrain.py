@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.optim import param_groups_weight_decay
 
 from cyto_ssrl import tracking
@@ -25,8 +25,9 @@ from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.data.pools import TileImages
 from cyto_ssrl.data.transforms import MultiView
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import save_weights
 from cyto_ssrl.methods import build_method, create_backbone
-from cyto_ssrl.train import LoopConfig, absolute_lr, fit, make_loader
+from cyto_ssrl.train import LoopConfig, absolute_lr, fit, make_loader, stage_accelerator
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -66,8 +67,9 @@ def loop_config(cfg: PretrainConfig, num_processes: int) -> LoopConfig:
 def run_job(job: PretrainJob) -> None:
     cfg = job.cfg
     # Unused parameters are normal here (e.g. a ViT's cls token under MAE); DDP must not wait for their grads.
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # fmt: skip
+    accelerator = stage_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                                    mixed_precision=cfg.mixed_precision,
+                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # fmt: skip
     set_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg)
     pool = pd.read_parquet(job.pool_path, columns=["path"])  # paths only: no label reaches the model
@@ -82,14 +84,13 @@ def run_job(job: PretrainJob) -> None:
 
     def on_epoch_end(epoch: int, loss: float) -> None:
         if accelerator.is_main_process:
-            tracking.log_metrics({"train_loss": loss, "lr": optimizer.param_groups[0]["lr"]}, step=epoch,
+            tracking.log_metrics({"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"]}, step=epoch,
                                  run_id=job.run_id)  # fmt: skip
 
     fit(model, loader, optimizer, accelerator, loop, Path(job.job_dir), cfg.checkpoint_every, job.resume,
         after_step, on_epoch_end)  # fmt: skip
     if accelerator.is_main_process:
-        backbone = accelerator.unwrap_model(model).backbone
-        save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, Path(job.job_dir) / BACKBONE_FILE)
+        save_weights(accelerator.unwrap_model(model).backbone, Path(job.job_dir) / BACKBONE_FILE)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

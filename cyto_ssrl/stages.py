@@ -6,6 +6,7 @@ Entry points and the study call these; tests call them too.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from cyto_ssrl import tracking
+from cyto_ssrl import names, tracking
 from cyto_ssrl.config import (PRETRAIN_PRESETS, TILE_PRESETS, PretrainConfig, TileConfig, flatten, preset,
                               pretrain_preset_name)  # fmt: skip
 from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_digest, ratio_alias, ratio_label, read_manifest
@@ -38,22 +39,58 @@ def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_di
         manifest = make_tiles(source, input_dir, output, cfg, annotations)
         manifest_path = output / "manifest.parquet"
         by_partition, per_slide = summarize(manifest)
-        tracking.log_table(by_partition, output / "summary.md")
+        balance = pd.DataFrame(manifest.attrs["balance"])
+        skipped = pd.DataFrame(manifest.attrs["skipped_slides"], columns=["slide_id", "path", "reason"])
+        # summary.md: tiles per partition x label, what the 1:1 draws dropped, and every slide that gave no tile.
+        skip_lines = [f"{len(skipped)} slide(s) skipped: they gave no tile"]
+        skip_lines += [f"- {row.slide_id}: {row.reason}" for row in skipped.itertuples()]
+        sections = [by_partition.to_markdown(index=False), balance.to_markdown(index=False), "\n".join(skip_lines)]
+        (output / "summary.md").write_text("\n\n".join(sections) + "\n")
+        tracking.log_artifact(output / "summary.md")
         tracking.log_table(by_partition, output / "summary.csv")
         tracking.log_table(per_slide, output / "summary_per_slide.csv")
+        tracking.log_table(balance, output / "summary_balance.csv")
+        tracking.log_table(skipped, output / "skipped_slides.csv")
         tracking.log_artifact(manifest_path)
         counts = manifest.groupby(["partition", "label"]).size()
         tracking.log_metrics({"n_tiles": len(manifest), "n_slides": manifest["slide_id"].nunique(),
-                              **{f"n_{p}_{lab}": n for (p, lab), n in counts.items()}})  # fmt: skip
+                              "slides_skipped": len(skipped), **{f"n_{p}_{lab}": n for (p, lab), n in counts.items()},
+                              **{f"n_{r.partition}_{k}": getattr(r, k) for r in balance.itertuples()
+                                 for k in ("kept", "dropped")}})  # fmt: skip
         tracking.log_dataset(manifest, manifest_path, name=f"tiles-{source}", context="tiles")
-        tracking.set_tags({"manifest": manifest_path})
+        tracking.set_tags({"manifest": manifest_path, "tiles_digest": tiles_digest(source, input_dir, annotations, cfg),
+                           "manifest_sha256": file_digest(manifest_path)})  # fmt: skip
     return run.info.run_id, manifest_path
 
 
+def tiles_digest(source: str, input_dir, annotations, cfg: TileConfig) -> str:
+    """What a tile manifest was made from and how: equal digests, equal manifests."""
+    made_of = json.dumps([source, str(input_dir), str(annotations), flatten(cfg)], sort_keys=True, default=str)
+    return hashlib.sha256(made_of.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def synthetic_default(seed: int = 0) -> Path:
+    """The synthetic default's manifest: the one a finished tiles run made with the same settings, when its file is
+    still the one that run wrote; else tiled now (so `pools` and `pretrain` with their defaults tile it once)."""
+    cfg = preset(TILE_PRESETS, "tiny", seed=seed)
+    run_id = tracking.find_run("tiles", tiles_digest=tiles_digest("synthetic", None, None, cfg))
+    if run_id:
+        tags = tracking.run_tags(run_id)
+        path = Path(tags["manifest"])
+        if path.is_file() and file_digest(path) == tags.get("manifest_sha256"):
+            print(f"using the synthetic default tiled by run {run_id}: {path}")
+            return path
+    return run_tiles(seed=seed)[1]
+
+
 def resolve_manifest(manifest: str | None, seed: int = 0) -> Path:
-    """A manifest path, a tiles run id (its `manifest` tag), or None: tile the synthetic default first."""
+    """A manifest path, a tiles run id (its `manifest` tag), or None: the synthetic default."""
     if manifest is None:
-        return run_tiles(seed=seed)[1]
+        return synthetic_default(seed)
     if Path(manifest).suffix == ".parquet" or Path(manifest).exists():
         return Path(manifest)
     tags = tracking.run_tags(manifest)
@@ -68,7 +105,8 @@ def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 
     r = parse_ratio(ratio)
     params = {"manifest": manifest, "ratio": ratio_label(r), "ratio_r": r, "pool_size": pool_size, "seed": seed,
               "allow_smaller_pool": allow_smaller_pool}  # fmt: skip
-    with tracking.stage_run("pools", params, tags={"ratio": ratio_label(r)}, run_name=f"pool-{ratio_label(r)}") as run:
+    run_name = f"pool-{ratio_label(r)}-n{pool_size}-s{seed}"
+    with tracking.stage_run("pools", params, tags={"ratio": ratio_label(r)}, run_name=run_name) as run:
         manifest_path = resolve_manifest(manifest, seed)
         tiles = read_manifest(manifest_path)
         pool = make_pool(tiles, r, pool_size, seed, allow_smaller_pool)
@@ -107,7 +145,8 @@ def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "ti
     params = {"ratio": ratio_label(r), "ratio_r": r, "preset": preset_name, "pool_size": pool_size,
               "num_processes": num_processes, **flatten(cfg)}  # fmt: skip
     tags = {"method": cfg.method, "backbone": cfg.backbone, "ratio": ratio_label(r)}
-    with tracking.stage_run("pretrain", params, tags, run_name=f"{cfg.method}-{ratio_label(r)}") as run:
+    label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
+    with tracking.stage_run("pretrain", params, tags, run_name=label, system_metrics=True) as run:
         pool_path = Path(pool) if pool else run_pools(manifest, ratio_label(r), pool_size, seed)[1]
         pool_table = read_manifest(pool_path)
         tracking.log_dataset(pool_table, pool_path, name=f"pool-{ratio_label(r)}", context="pretrain")
@@ -129,7 +168,7 @@ def _resume_pretrain(run_id: str, num_processes: int) -> tuple[str, str]:
         raise CytoError(f"run {run_id} has no pre-training job to resume")
     job = PretrainJob.load(Path(tags["job_dir"]) / "job.json")
     job.resume = True
-    with tracking.stage_run("pretrain", {}, run_id=run_id) as run:
+    with tracking.stage_run("pretrain", {}, run_id=run_id, system_metrics=True) as run:
         _launch(job, num_processes)
         uri = _register(job, read_manifest(job.pool_path), tracking.run_params(run_id).get("preset", ""))
     return run.info.run_id, uri
@@ -181,15 +220,24 @@ def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
             "pool_digest": pool_digest(pool), "pool_size": len(pool), "epochs": cfg.epochs, "preset": preset_name,
             "tiles_run_id": _tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
             "img_size": cfg.img_size, "pretrain_seed": cfg.seed}  # fmt: skip
+    name = names.registered_model(cfg.method, cfg.backbone)
+    label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
+    registration = tracking.Registration(
+        model_name=name, alias=ratio_alias(r), logged_name=names.logged_model_name(label), step=cfg.epochs - 1,
+        tags=tags,
+        model_description=f"{cfg.method} backbones ({cfg.backbone}) pre-trained by cyto_ssrl, one version per "
+        "pre-training run, tagged with their pool's ratio (`ratio`, numeric `ratio_r`), digest and size. The alias "
+        f"`r<r>` points at the newest version pre-trained at 1:r. Load one with "
+        f"`mlflow.pytorch.load_model('models:/{name}@r100')`.",
+        version_description=f"{label}: {cfg.method} {cfg.backbone} pre-trained for {cfg.epochs} epochs (preset "
+        f"{preset_name}) on pool {tags['pool_digest']}, {len(pool)} tiles at {ratio_label(r)} positive:negative; "
+        f"pre-training run {job.run_id}. Load: `mlflow.pytorch.load_model('models:/{name}/{{version}}')`. The runs "
+        f"that evaluated it: `tags.model_name = '{name}' and tags.model_version = '{{version}}'`.",
+    )  # fmt: skip
     example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
-    name = model_name(cfg.method, cfg.backbone)
-    version = tracking.register_backbone(backbone, name, tags, ratio_alias(r), example)
+    version = tracking.register_backbone(backbone, registration, example)
     tracking.set_tags({"model_uri": f"models:/{name}/{version}"})  # what the study's downstream cells read
     return f"models:/{name}/{version}"
-
-
-def model_name(method: str, backbone: str) -> str:
-    return f"cyto-{method}-{backbone}"
 
 
 def _tiles_run(pool_path: str) -> str:
@@ -198,27 +246,41 @@ def _tiles_run(pool_path: str) -> str:
     return (tracking.find_run("tiles", manifest=manifest) if manifest else None) or ""
 
 
-def register_external(init: str, method: str = "external", preset_name: str = "tiny", seed: int = 0,
-                      **overrides) -> tuple[str, str]:  # fmt: skip
-    """A baseline backbone from a local weights file (ImageNet, CONCH ...), registered like a pre-trained one."""
+def register_external(init: str, method: str = "mae", preset_name: str = "tiny", seed: int = 0,
+                      baseline_for: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+    """A baseline backbone from a local weights file (ImageNet, CONCH ...), registered like a pre-trained one.
+
+    The backbone is the preset's for `method`, unless overridden; `baseline_for` names the methods it is the
+    baseline of (tag `baseline_for`, default `method`), so two baselines never merge when runs are grouped."""
     path = Path(init)
     if not path.is_file():
         raise CytoError(f"init weights {init} do not exist (nothing is downloaded: give a local file)")
-    cfg: PretrainConfig = preset(PRETRAIN_PRESETS, pretrain_preset_name(preset_name, "mae"), seed=seed, **overrides)
+    cfg: PretrainConfig = preset(PRETRAIN_PRESETS, pretrain_preset_name(preset_name, method), seed=seed, **overrides)
     backbone = create_backbone(cfg.backbone, cfg.img_size, cfg.patch_size)
     state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     missing, _ = backbone.load_state_dict(state, strict=False)
     if missing:
         raise CytoError(f"{init} does not fit backbone {cfg.backbone}: {len(missing)} weights missing, e.g. {missing[0]}")
     params = {"init": str(path.resolve()), "preset": preset_name, **flatten(cfg)}
-    tags = {"ratio": "external", "ratio_r": 0, "method": "external", "backbone": cfg.backbone, "source": path.name,
-            "pool_digest": "", "pool_size": 0, "epochs": 0, "preset": preset_name, "tiles_run_id": "",
-            "img_size": cfg.img_size}  # fmt: skip
-    with tracking.stage_run("pretrain", params, {"method": "external", "ratio": "external"},
-                            run_name=f"external-{path.stem}") as run:  # fmt: skip
-        name = model_name("external", cfg.backbone)
+    baseline_for = baseline_for or method
+    tags = {"ratio": names.EXTERNAL, "ratio_r": 0, "method": names.EXTERNAL, "backbone": cfg.backbone,
+            "source": path.name, "baseline_for": baseline_for, "pool_digest": "", "pool_size": 0, "epochs": 0,
+            "preset": preset_name, "tiles_run_id": "", "img_size": cfg.img_size}  # fmt: skip
+    name = names.registered_model(names.EXTERNAL, cfg.backbone)
+    label = names.external_label(cfg.backbone, path.name)
+    run_tags = {"method": names.EXTERNAL, "ratio": names.EXTERNAL, "baseline_for": baseline_for}
+    with tracking.stage_run("pretrain", params, run_tags, run_name=label) as run:
+        registration = tracking.Registration(
+            model_name=name, alias=names.EXTERNAL, logged_name=names.logged_model_name(label), step=0,
+            tags={**tags, "pretrain_run_id": run.info.run_id},
+            model_description=f"Baseline {cfg.backbone} backbones from weights files (not pre-trained by cyto_ssrl: "
+            "ImageNet, CONCH, a random initialisation ...), registered to be evaluated like the pre-trained ones. "
+            "The alias `external` points at the newest.",
+            version_description=f"{label}: {cfg.backbone} with the weights of {path.name}, the baseline of "
+            f"{baseline_for}. Load: `mlflow.pytorch.load_model('models:/{name}/{{version}}')`. The runs that "
+            f"evaluated it: `tags.model_name = '{name}' and tags.model_version = '{{version}}'`.",
+        )  # fmt: skip
         example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
-        version = tracking.register_backbone(backbone.eval(), name, {**tags, "pretrain_run_id": run.info.run_id},
-                                             "external", example)  # fmt: skip
+        version = tracking.register_backbone(backbone.eval(), registration, example)
         tracking.set_tags({"model_uri": f"models:/{name}/{version}"})
     return run.info.run_id, f"models:/{name}/{version}"

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from cyto_ssrl import tracking
@@ -40,6 +39,7 @@ from cyto_ssrl.data.pools import parse_ratio, ratio_label
 from cyto_ssrl.downstream.budgets import budget_label, check_budget
 from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import save_weights
 from cyto_ssrl.methods import METHODS, create_backbone
 
 HEARTBEAT_S = 10.0
@@ -172,7 +172,7 @@ def _check_inputs(cfg: StudyConfig) -> None:
 
 def check_settings(study_id: str, cfg: StudyConfig) -> None:
     """Refuse to continue a study id with other settings: its tables would mix incomparable runs."""
-    earlier = tracking.search_runs(f"tags.stage = 'study' and tags.study = '{study_id}'")
+    earlier = tracking.find_runs("study", study=study_id)
     if earlier.empty:
         return
     first = earlier.sort_values("start_time").iloc[0]
@@ -243,6 +243,7 @@ class Worker:
         self.current: dict[str, str] = {}  # cell key -> its finished run made from the current runs of its needs
         self._setups: dict = {}
         self._held: list[str] = []
+        self._logged_done = -1
 
     def run(self) -> dict[str, str]:
         """Work until every cell is done or blocked by a failure; returns {cell key: error} of this worker's."""
@@ -280,8 +281,10 @@ class Worker:
         done = set(self.current)
         running = self.runs[is_live(self.runs)]
         n_done = sum(c.key in done for c in self.cells)
-        tracking.log_metrics({"cells_done": n_done, "cells_total": len(self.cells)}, step=n_done,
-                             run_id=self.parent_run_id)  # fmt: skip
+        if n_done != self._logged_done:  # a point per change, not per poll
+            tracking.log_metrics({"study/cells_done": n_done, "study/cells_total": len(self.cells)}, step=n_done,
+                                 run_id=self.parent_run_id)  # fmt: skip
+            self._logged_done = n_done
         if self.bar is not None:
             self.bar.update(n_done - self.bar.n)
         return done, set(running["key"])
@@ -392,12 +395,13 @@ class Worker:
     def _do_external(self, cell: Cell) -> None:
         from cyto_ssrl.stages import register_external
 
-        method = next(m for m in self.cfg.methods if pretrain_config(self.cfg, m)[1].backbone == cell.backbone)
-        preset_name, pretrain_cfg = pretrain_config(self.cfg, method)
+        methods = [m for m in self.cfg.methods if pretrain_config(self.cfg, m)[1].backbone == cell.backbone]
+        preset_name, pretrain_cfg = pretrain_config(self.cfg, methods[0])
         weights = external_weights(self.cfg)[cell.backbone]
         if weights == "random":
             weights = random_init_weights(pretrain_cfg, self.dir / "external")
-        register_external(weights, "external", preset_name, **self.cfg.pretrain_overrides)
+        register_external(weights, methods[0], preset_name, baseline_for=",".join(methods),
+                          **self.cfg.pretrain_overrides)  # fmt: skip
 
     def _setup(self, model_key: str):
         """The downstream setup of a registered version, made once per worker (its features are cached on disk)."""
@@ -439,8 +443,7 @@ def _digest(run_ids) -> str:
 
 def cell_runs(study_id: str, key: str | None = None) -> pd.DataFrame:
     """The cell runs of a study (every status but deleted): columns run_id, key, status, heartbeat and tags."""
-    query = f"tags.study = '{study_id}'" + (f" and tags.study_cell = '{key}'" if key else "")
-    runs = tracking.search_runs(query)
+    runs = tracking.find_runs(study=study_id, **({"study_cell": key} if key else {}))
     if runs.empty or "tags.study_cell" not in runs:
         return pd.DataFrame(columns=["run_id", "key", "status", "heartbeat"])
     runs = runs[runs["tags.study_cell"].notna()].copy()
@@ -475,14 +478,12 @@ def heartbeat(run_id: str):
 
 def random_init_weights(pretrain_cfg, folder: Path) -> str:
     """A seeded randomly initialised backbone as a weights file: the 'does pre-training help at all' baseline."""
-    path = folder / f"random-init-{pretrain_cfg.backbone}-{pretrain_cfg.img_size}px.safetensors"
+    path = folder / pretrain_cfg.backbone / f"random-init-{pretrain_cfg.img_size}px.safetensors"
     if not path.exists():
         torch.manual_seed(0)
         backbone = create_backbone(pretrain_cfg.backbone, pretrain_cfg.img_size, pretrain_cfg.patch_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, tmp)
-        tmp.rename(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(backbone, path)  # concurrent cells may write it at once: each writes the same seeded weights
     return str(path)
 
 
@@ -534,8 +535,40 @@ def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", worker
         missing = worker.unfinished()
         if missing:
             raise CytoError(f"study {study_id}: {len(missing)} cell(s) not finished, e.g. {missing[0]}")
-        tracking.set_tags({"analysis_dir": folder / "analysis"})
+        analysis_run = worker.current[worker.cells[-1].key]
+        tracking.set_tags({"analysis_dir": folder / "analysis", "analysis_run_id": analysis_run})
+        describe(study_id, cfg, preset_name, experiment_id, analysis_run, len(worker.cells))
+    print(f"study {study_id}: {len(worker.cells)} cells done; curves and tables in {folder / 'analysis'}")
+    print(tracking.browse_hint(experiment_id))
     return folder / "analysis"
+
+
+def describe(study_id: str, cfg: StudyConfig, preset_name: str, experiment_id: str, analysis_run: str,
+             n_cells: int) -> None:  # fmt: skip
+    """Descriptions the UI shows: the study run's (what it is, where its results are) and the experiment's (the
+    project, and the analysis run of each of its studies)."""
+    analysis = f"[analysis-{study_id}]({tracking.runs_page(experiment_id, analysis_run)})"
+    tracking.set_description(
+        f"Study **{study_id}** (preset `{preset_name}`), {n_cells} cells: pools at {', '.join(cfg.ratios)}; "
+        f"pre-training {', '.join(cfg.methods)} (seeds {', '.join(map(str, cfg.seeds))}); downstream "
+        f"{', '.join(cfg.modes)} at budgets {', '.join(map(budget_label, cfg.budgets))} % x {cfg.resamples} "
+        f"resamplings.\n\nResults: the analysis run {analysis}: curves in its artifacts `figures/`, tables in "
+        "`tables/`, paired tests in `stats/`, and a README.md that says what each file is.\n\nThe runs of this "
+        f"study: search `tags.study = '{study_id}'`; group by `tags.model_label`, `params.mode`, `params.budget`; "
+        "chart a metric such as `eval/acc` against the param `log10_ratio`.")  # fmt: skip
+    studies = tracking.find_runs("study", "FINISHED", experiment_id=experiment_id)
+    latest = {study_id: analysis_run}
+    if not studies.empty and "tags.analysis_run_id" in studies:
+        for _, run in studies.dropna(subset=["tags.analysis_run_id"]).sort_values("start_time", ascending=False).iterrows():
+            latest.setdefault(run["tags.study"], run["tags.analysis_run_id"])
+    lines = [f"- **{sid}**: analysis run [analysis-{sid}]({tracking.runs_page(experiment_id, rid)})"
+             for sid, rid in sorted(latest.items())]  # fmt: skip
+    tracking.set_experiment_description(experiment_id, "\n".join([
+        "**cyto_ssrl**: how the positive:negative imbalance of the *unlabeled* pre-training pool affects "
+        "self-supervised representation learning for cervical cytology (Liu et al., CSBJ 2026). Every step is a "
+        "run: tiles, pools, pre-training (each backbone registered with its ratio), downstream linear probes and "
+        "fine-tuning at label budgets, and one analysis run per study with the curves (`figures/`), tables "
+        "(`tables/`) and paired tests (`stats/`).", "", "Studies:", *lines]))  # fmt: skip
 
 
 def _failures(failed: dict[str, str]) -> str:
@@ -549,7 +582,7 @@ def _failures(failed: dict[str, str]) -> str:
 
 def _fail_dead_study_runs(study_id: str) -> None:
     """A killed study's own run stops beating like a dead worker's cell; mark it FAILED so it is not RUNNING forever."""
-    runs = tracking.search_runs(f"tags.study = '{study_id}' and tags.stage = 'study' and attributes.status = 'RUNNING'")
+    runs = tracking.find_runs("study", "RUNNING", study=study_id)
     if runs.empty:
         return
     beats = pd.to_numeric(runs.get("tags.heartbeat", pd.Series(index=runs.index, dtype=str)), errors="coerce")

@@ -8,11 +8,13 @@ passes its id in `MLFLOW_RUN_ID`; `stage_run` then continues that run instead of
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import time
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -31,11 +33,18 @@ DEFAULT_EXPERIMENT = "cyto_ssrl"
 def configure() -> str:
     """Point MLflow at the project's store and check it answers before any work starts."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Two INFO lines per run with system metrics would cut through the progress bar; its warnings still show.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     if uri.startswith("http"):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def store_uri() -> str:
+    """The tracking store in use, for messages."""
+    return mlflow.get_tracking_uri()
 
 
 def _check_server(uri: str) -> None:
@@ -54,10 +63,11 @@ def _set_experiment() -> None:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str | None = None,
-              run_id: str | None = None):  # fmt: skip
+              run_id: str | None = None, system_metrics: bool = False):  # fmt: skip
     """Open (or continue: `run_id`) the run of one stage; FINISHED only when the body returns, FAILED on any exception.
 
-    Nested inside an active run (the study), it opens a child run.
+    Nested inside an active run (the study), it opens a child run. `system_metrics` samples CPU, memory, disk and
+    GPU (MLflow's system metrics, every SYSTEM_METRICS_INTERVAL_S) while the run is open.
     """
     configure()
     if run_id is None and _claimed:
@@ -66,10 +76,12 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
     if not nested and run_id is None:
         _set_experiment()
     tags = _strings({"stage": stage, **(tags or {})})
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval())
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags,
+                           log_system_metrics=system_metrics or None)  # fmt: skip
     try:
-        # `mlflow run` has already logged the entry point's raw parameters; keep those and add the rest.
-        log_params({k: v for k, v in params.items() if k not in run.data.params})
+        log_params(_used_params(params, run.data.params))
         yield run
     except BaseException:
         mlflow.end_run(status="FAILED")
@@ -94,6 +106,22 @@ def claimed_run(run_id: str):
             end_run(run_id, "FAILED")
 
 
+def _used_params(params: dict, logged: dict[str, str]) -> dict:
+    """The params still to log. `mlflow run` has already logged the entry point's parameters as given, where an
+    unset one reads as its MLproject default ('preset', 'synthetic' ...): the value actually used then goes
+    beside it as `used.<name>`."""
+    fresh = {key: value for key, value in params.items() if key not in logged}
+    used = {f"used.{key}": value for key, value in params.items()
+            if key in logged and logged[key] != _param_value(value) and f"used.{key}" not in logged}  # fmt: skip
+    return {**fresh, **used}
+
+
+def system_metrics_interval() -> float:
+    """Seconds between system-metric samples: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, else 5 (MLflow's own 10 s
+    leaves a fine-tuning run of a few seconds with none; a run shorter than the interval still has none)."""
+    return float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 5)
+
+
 def log_params(params: dict) -> None:
     mlflow.log_params({key: _param_value(value) for key, value in params.items()})
 
@@ -112,11 +140,13 @@ def set_tags(tags: dict) -> None:
     mlflow.set_tags(_strings(tags))
 
 
-def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
-    """Metrics of the active run, or of `run_id` (a training worker logging into its launcher's run)."""
+def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None, model_id: str | None = None,
+                dataset=None) -> None:  # fmt: skip
+    """Metrics of the active run, or of `run_id` (a training worker logging into its launcher's run). With
+    `model_id` and `dataset` (from log_dataset), MLflow files them under that logged model and dataset too."""
     values = {key: float(value) for key, value in metrics.items()}
     if run_id is None:
-        mlflow.log_metrics(values, step=step)
+        mlflow.log_metrics(values, step=step, model_id=model_id, dataset=dataset)
         return
     configure()
     timestamp = int(time.time() * 1000)
@@ -148,15 +178,43 @@ def log_figure(fig, path: str | Path, artifact_path: str | None = None) -> Path:
     return path
 
 
-def log_dataset(df: pd.DataFrame, source: str | Path, name: str, context: str) -> str:
-    """Log a manifest as an MLflow dataset input of the active run; returns the dataset digest."""
+def log_image(fig, key: str) -> None:
+    """A matplotlib figure as an MLflow image under `key`: the chart view's image grid compares it across runs."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        mlflow.log_image(image.convert("RGB"), key=key, step=0, synchronous=True)
+
+
+def log_ui_table(df: pd.DataFrame, artifact_file: str) -> None:
+    """A table as MLflow's JSON table artifact, which the UI renders as a table (CSV files it shows as text)."""
+    mlflow.log_table(df.reset_index(drop=True), artifact_file=artifact_file)
+
+
+def log_dataset(df: pd.DataFrame, source: str | Path, name: str, context: str):
+    """Log a table of tiles as an MLflow dataset input of the active run; returns the dataset (its .digest)."""
     with warnings.catch_warnings():
         # A local path matches two equivalent source types, and int columns trigger a hint about missing
         # values: neither matters for a manifest.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(df, source=str(source), name=name)
         mlflow.log_input(dataset, context=context)
-    return dataset.digest
+    return dataset
+
+
+def log_model_input(model_id: str) -> None:
+    """Lineage the UI shows: the logged model this run evaluates (its Models column and the model's page)."""
+    from mlflow.entities import LoggedModelInput
+
+    mlflow.log_input(model=LoggedModelInput(model_id))
+
+
+def logged_model_id(version) -> str:
+    """The logged model behind a registry version (MLflow 3: its source is `models:/<model id>`)."""
+    return version.source.removeprefix("models:/")
 
 
 def tracking_env() -> dict[str, str]:
@@ -167,9 +225,14 @@ def tracking_env() -> dict[str, str]:
 
 
 def pip_requirements() -> list[str]:
-    from importlib.metadata import version
+    """What a logged backbone needs to load: these packages at the versions that logged it."""
+    import safetensors
+    import timm
+    import torchvision
 
-    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "mlflow", "safetensors")]
+    modules = {"torch": torch, "torchvision": torchvision, "timm": timm, "mlflow": mlflow, "safetensors": safetensors}
+    # From the modules, not the distributions: mlflow-skinny and the full mlflow are both `mlflow` to import.
+    return [f"{name}=={module.__version__.split('+')[0]}" for name, module in modules.items()]
 
 
 @contextlib.contextmanager
@@ -183,8 +246,23 @@ def _logger_level(name: str, level: int):
         logger.setLevel(previous)
 
 
-def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_example) -> str:
-    """Log the encoder into the active run and register it as a version with `tags` and `alias`; returns the version.
+@dataclass
+class Registration:
+    """How a backbone goes into the registry: its registered model and alias, the logged model's name and the
+    epoch whose metrics it carries, the version's tags and the descriptions the registry shows."""
+
+    model_name: str
+    alias: str
+    logged_name: str  # letters, digits, '-', '_' (MLflow refuses '/', ':' and '.' in logged model names)
+    step: int  # the last epoch: a logged model shows the run's metrics at this step
+    tags: dict
+    model_description: str
+    version_description: str  # may hold {version}: filled in once the registry numbered the version
+
+
+def register_backbone(backbone, registration: Registration, input_example) -> str:
+    """Log the encoder into the active run and register it as a version with its tags, alias and descriptions;
+    returns the version number.
 
     Registered last, after training finished. A version is never left without its tags or alias: if either
     fails, the version is deleted again.
@@ -196,22 +274,26 @@ def register_backbone(backbone, model_name: str, tags: dict, alias: str, input_e
     signature = infer_signature(input_example.numpy(), output)
     # Pickle, not pt2: downstream fine-tunes the backbone, and a pt2 export cannot go back to .train(). MLflow
     # warns about pickle on every call; the choice is deliberate, so that warning is silenced here.
+    reg = registration
     with _logger_level("mlflow.pytorch", logging.ERROR):
-        info = mlflow.pytorch.log_model(backbone, name="backbone", serialization_format="pickle",
+        info = mlflow.pytorch.log_model(backbone, name=reg.logged_name, serialization_format="pickle",
                                         signature=signature, input_example=input_example.numpy(),
-                                        pip_requirements=pip_requirements())  # fmt: skip
+                                        pip_requirements=pip_requirements(), step=reg.step)  # fmt: skip
     with _mlflow_events_silenced():
-        version = mlflow.register_model(info.model_uri, model_name, tags=_strings(tags))
+        version = mlflow.register_model(info.model_uri, reg.model_name, tags=_strings(reg.tags))
     client = MlflowClient()
     try:
-        missing = set(tags) - set(client.get_model_version(model_name, version.version).tags)
+        missing = set(reg.tags) - set(client.get_model_version(reg.model_name, version.version).tags)
         if missing:
             raise RuntimeError(f"tags {sorted(missing)} were not stored")
-        client.set_registered_model_alias(model_name, alias, version.version)
+        client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
+        client.update_registered_model(reg.model_name, description=reg.model_description)
+        client.update_model_version(reg.model_name, version.version,
+                                    description=reg.version_description.format(version=version.version))  # fmt: skip
     except BaseException:
-        client.delete_model_version(model_name, version.version)
+        client.delete_model_version(reg.model_name, version.version)
         raise
-    tqdm.write(f"registered models:/{model_name}/{version.version} as models:/{model_name}@{alias}")
+    tqdm.write(f"registered models:/{reg.model_name}/{version.version} as models:/{reg.model_name}@{reg.alias}")
     return version.version
 
 
@@ -245,18 +327,38 @@ def run_params(run_id: str) -> dict[str, str]:
 def find_run(stage: str, **tags) -> str | None:
     """The newest FINISHED run of `stage` whose tags equal `tags`, or None."""
     configure()
-    query = " and ".join([f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
-                         + [f"tags.{k} = '{v}'" for k, v in tags.items()])  # fmt: skip
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=query, order_by=["start_time DESC"],
-                              max_results=1, output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=_filter(stage, "FINISHED", {}, tags),
+                              order_by=["start_time DESC"], max_results=1, output_format="list")  # fmt: skip
     return runs[0].info.run_id if runs else None
 
 
-def search_runs(filter_string: str) -> pd.DataFrame:
-    """Every run of every experiment matching `filter_string`, one row each (columns `params.*`, `tags.*`,
-    `metrics.*`, `run_id`, `status`, `start_time` ...): what the study and the analysis read back."""
+def find_runs(stage: str | None = None, status: str | None = None, params: dict | None = None,
+              experiment_id: str | None = None, **tags) -> pd.DataFrame:  # fmt: skip
+    """Every run (of every experiment, or of `experiment_id`) of `stage` with `status` whose params and tags equal
+    the given values, one row each (columns `params.*`, `tags.*`, `metrics.*`, `run_id`, `status`, `start_time`
+    ...): what the study and the analysis read back."""
     configure()
-    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string)
+    query = _filter(stage, status, params or {}, tags)
+    if experiment_id is not None:
+        return mlflow.search_runs(experiment_ids=[experiment_id], filter_string=query)
+    return mlflow.search_runs(search_all_experiments=True, filter_string=query)
+
+
+def _filter(stage: str | None, status: str | None, params: dict, tags: dict) -> str:
+    tags = {"stage": stage, **tags} if stage else tags
+    clauses = [f"tags.{key} = {_quoted(value)}" for key, value in tags.items()]
+    clauses += [f"params.{key} = {_quoted(value)}" for key, value in params.items()]
+    clauses += [f"attributes.status = '{status}'"] if status else []
+    return " and ".join(clauses)
+
+
+def _quoted(value) -> str:
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise CytoError(f"{text!r} holds both kinds of quote and cannot be searched for")
 
 
 def create_run(experiment_id: str, run_name: str, tags: dict, parent_run_id: str | None = None) -> str:
@@ -279,6 +381,38 @@ def end_run(run_id: str, status: str) -> None:
 def delete_run(run_id: str) -> None:
     """Soft-delete (MLflow's lifecycle stage): searches no longer see it, `mlflow gc` removes it for good."""
     MlflowClient().delete_run(run_id)
+
+
+NOTE_TAG = "mlflow.note.content"  # what the UI shows, and edits, as a run's or experiment's description
+
+
+def set_description(text: str, run_id: str | None = None) -> None:
+    """The description (Markdown) of the active run, or of `run_id`."""
+    if run_id is None:
+        mlflow.set_tag(NOTE_TAG, text)
+    else:
+        MlflowClient().set_tag(run_id, NOTE_TAG, text)
+
+
+def set_experiment_description(experiment_id: str, text: str) -> None:
+    MlflowClient().set_experiment_tag(experiment_id, NOTE_TAG, text)
+
+
+def runs_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's path (after its address) to an experiment's runs table or one run. `workflowType` opens the
+    classic runs table: a fresh browser would otherwise land on MLflow 3's GenAI traces overview."""
+    if run_id:
+        return f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def browse_hint(experiment_id: str) -> str:
+    """How to look at an experiment's runs: the address of the runs table, with the command that serves it."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        return f"browse the runs: {uri.rstrip('/')}/{runs_page(experiment_id)}"
+    return (f"browse the runs: `mlflow ui --backend-store-uri {uri}`, then open "
+            f"http://127.0.0.1:5000/{runs_page(experiment_id)}")  # fmt: skip
 
 
 def active_run_info():

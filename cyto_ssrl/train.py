@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -36,6 +37,18 @@ class LoopConfig:
     grad_accum_steps: int
     num_workers: int
     seed: int
+
+
+def stage_accelerator(**settings) -> Accelerator:
+    """An Accelerator with exactly these settings (precision, accumulation ...), also when an earlier stage of this
+    process made one with others. Accelerate keeps one state per process: after an in-process bf16 pre-training a
+    plain Accelerator() would silently run in bf16 too, and the reverse order raises. A process that `accelerate
+    launch` started (WORLD_SIZE set) makes one Accelerator only, and its process group must stay, so it is left be.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()  # Accelerate's own reset (its tests use it); the device state is kept
+        GradientState._reset_state()
+    return Accelerator(**settings)
 
 
 def absolute_lr(blr: float, lr: float | None, global_batch: int) -> float:

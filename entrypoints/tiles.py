@@ -1,37 +1,44 @@
 """mlflow run . -e tiles: slides (or cell crops, or the synthetic cohort) to a labelled tile manifest."""
 
-import argparse
+from dataclasses import dataclass
 
-from cyto_ssrl.cli import integer, main, optional, parse_mpp, parse_partitions, parse_size
+from cyto_ssrl.cli import main, param, parse_balance, parse_mpp, parse_params, parse_partitions, parse_size
 from cyto_ssrl.config import CsvAnnotationConfig
 from cyto_ssrl.stages import run_tiles
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", default="synthetic", help="synthetic | slides | cells")
-    parser.add_argument("--input", default="", help="folder of slides/images or cell-class folders")
-    parser.add_argument("--output", default="outputs/tiles")
-    parser.add_argument("--preset", default="tiny", help="tiny | paper")
-    parser.add_argument("--seed", type=integer, default=0)
-    parser.add_argument("--annotations", default="", help="folder of QuPath GeoJSON, or a CSV of cell points")
-    parser.add_argument("--csv-image-size", default="", help="size the CSV coordinates refer to, e.g. 1376x1020")
-    parser.add_argument("--mpp", default="", help="um/px for slides without it: 0.25 or slide=0.25,other=0.5")
-    parser.add_argument("--partitions", default="", help="shares, e.g. ssrl=0.5,downstream=0.3,evaluation=0.2")
-    parser.add_argument("--tile-size", type=integer, default=None)
-    parser.add_argument("--target-mpp", type=float, default=None)
-    parser.add_argument("--min-deposit", type=float, default=None)
-    parser.add_argument("--workers", type=integer, default=None)
-    args = parser.parse_args()
+@dataclass
+class Params:
+    source: str = param("synthetic", "synthetic | slides | cells")
+    input: str = param("none", "folder of slides/images or cell-class folders (not read for synthetic)", True)
+    output: str = param("outputs/tiles", "folder of the tiles and the manifest")
+    preset: str = param("tiny", "tiny | paper")
+    seed: int = param(0)
+    annotations: str = param("beside", "folder of QuPath GeoJSON, or a CSV of cell points; 'beside': a "
+                             "<slide>.geojson beside each slide", True)  # fmt: skip
+    csv_image_size: str = param("slide", "size the CSV coordinates refer to, e.g. 1376x1020; 'slide': level-0 px", True)
+    mpp: str = param("metadata", "um/px of slides without it in their metadata: 0.25 or slide=0.25,other=0.5", True)
+    partitions: str = param("preset", "shares, e.g. ssrl=0.5,downstream=0.3,evaluation=0.2", True)
+    # Not an `unset` parameter: 'none' is a value here (no partition balanced), not 'not given'.
+    balance: str = param("preset", "partitions drawn 1:1 positive:negative: downstream,evaluation (the presets'), "
+                         "downstream, or none (every partition at the collection's prevalence)")  # fmt: skip
+    strict: bool = param(False, "true: a slide that gives no tile stops the run; false: it is skipped and listed in "
+                         "skipped_slides.csv")  # fmt: skip
+    tile_size: int = param("preset", "tile side in px", True)
+    target_mpp: float = param("preset", "um/px of the tiles", True)
+    min_deposit: float = param("preset", "share of a tile that must be cell deposit", True)
+    workers: int = param("preset", "worker processes", True)
 
-    default_mpp, slide_mpp = parse_mpp(args.mpp)
-    overrides = dict(seed=args.seed, tile_size=args.tile_size, target_mpp=args.target_mpp,
-                     min_deposit=args.min_deposit, workers=args.workers, default_mpp=default_mpp,
-                     slide_mpp=slide_mpp or None, partitions=parse_partitions(args.partitions))  # fmt: skip
-    if parse_size(args.csv_image_size):
-        overrides["csv"] = CsvAnnotationConfig(image_size=parse_size(args.csv_image_size))
-    run_id, manifest = run_tiles(args.source, optional(args.input), args.output, args.preset,
-                                 optional(args.annotations), **overrides)  # fmt: skip
+
+def run() -> None:
+    p = parse_params(Params, __doc__)
+    default_mpp, slide_mpp = parse_mpp(p.mpp)
+    overrides = dict(seed=p.seed, tile_size=p.tile_size, target_mpp=p.target_mpp, min_deposit=p.min_deposit,
+                     workers=p.workers, default_mpp=default_mpp, slide_mpp=slide_mpp or None, strict=p.strict,
+                     partitions=parse_partitions(p.partitions), balance=parse_balance(p.balance))  # fmt: skip
+    if parse_size(p.csv_image_size):
+        overrides["csv"] = CsvAnnotationConfig(image_size=parse_size(p.csv_image_size))
+    run_id, manifest = run_tiles(p.source, p.input, p.output, p.preset, p.annotations, **overrides)
     print(f"tiles run {run_id}: manifest at {manifest}")
 
 

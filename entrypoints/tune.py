@@ -1,25 +1,27 @@
 """mlflow run . -e tune: Optuna search of the base lr of one backbone, mode and label budget (validation accuracy)."""
 
-import argparse
+from dataclasses import dataclass
 
-from cyto_ssrl.cli import integer, main, optional
+from cyto_ssrl.cli import REQUIRED, main, param, parse_params
 from cyto_ssrl.downstream.config import TRAINED_MODES
 from cyto_ssrl.downstream.tune import run_tune
 
 
+@dataclass
+class Params:
+    model_uri: str = param(REQUIRED, "models:/<name>/<version> or models:/<name>@<alias>")
+    mode: str = param("linear", " | ".join(TRAINED_MODES))
+    budget: float = param(1.0, "label budget, % of the downstream partition")
+    n_trials: int = param(10, "Optuna trials")
+    storage: str = param("beside-store", "Optuna RDB URL; 'beside-store': optuna.db beside the tracking store", True)
+    preset: str = param("tiny", "tiny | paper")
+    manifest: str = param("lineage", "tile manifest or tiles run id; 'lineage': the model's own", True)
+    seed: int = param(0)
+
+
 def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias>")
-    parser.add_argument("--mode", default="linear", help=" | ".join(TRAINED_MODES))
-    parser.add_argument("--budget", type=float, default=1.0, help="label budget, %% of the downstream partition")
-    parser.add_argument("--n-trials", type=integer, default=10)
-    parser.add_argument("--storage", default="", help="Optuna RDB URL (default: optuna.db beside the tracking store)")
-    parser.add_argument("--preset", default="tiny", help="tiny | paper")
-    parser.add_argument("--manifest", default="", help="tile manifest or tiles run id (default: the model's lineage)")
-    parser.add_argument("--seed", type=integer, default=0)
-    args = parser.parse_args()
-    run_id, blr = run_tune(args.model_uri, args.mode, args.budget, args.n_trials, optional(args.storage),
-                           args.preset, optional(args.manifest), args.seed)  # fmt: skip
+    p = parse_params(Params, __doc__)
+    run_id, blr = run_tune(p.model_uri, p.mode, p.budget, p.n_trials, p.storage, p.preset, p.manifest, p.seed)
     print(f"tune run {run_id}: best blr {blr:.3g}")
 
 

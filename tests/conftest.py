@@ -56,6 +56,19 @@ def small_cohort(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("cohort")
     with private_store(folder):
-        # deposit 900 um: at 600 the ssrl partition holds too few positives for a 1:1 pool of 64.
+        # deposit 900 um: at 600 the ssrl partition holds too few positives for a 1:1 pool of 64. The collection's
+        # own prevalence (balance=()): tests/test_downstream.py checks that 100 % of an unbalanced partition is refused.
         synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
-        return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic)[1]
+        return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic, balance=())[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_default(tmp_path_factory) -> tuple[str, str, Path]:
+    """`mlflow run . -e tiles` with no parameters (the tiny preset's synthetic cohort), tiled once by the tracked
+    stage 1 in a private store: (its tracking URI, the run id, the manifest path)."""
+    from cyto_ssrl.stages import run_tiles
+
+    folder = tmp_path_factory.mktemp("synthetic_default")
+    with private_store(folder):
+        run_id, manifest = run_tiles("synthetic", None, str(folder / "tiles"), "tiny")
+    return f"sqlite:///{folder / 'mlruns.db'}", run_id, manifest

@@ -62,7 +62,7 @@ def budget_run(client, experiment, study, method, backbone, r, mode, budget, res
     tags = {"study": study, "method": method, "backbone": backbone, "ratio": ratio, "ratio_r": r,
             "model_name": f"cyto-{method}-{backbone}", "model_version": "1"}  # fmt: skip
     params = {"mode": mode, "budget": f"{budget:g}", "resample": resample, "seed": 0}
-    metrics = metrics or {f"eval_{m}": metric_value(m, method, mode, budget, r, resample) for m in METRIC_NAMES}
+    metrics = metrics or {f"eval/{m}": metric_value(m, method, mode, budget, r, resample) for m in METRIC_NAMES}
     log_run(client, experiment, tags, params, metrics, status)
 
 
@@ -79,11 +79,11 @@ def make_study(client: MlflowClient, experiment: str) -> None:
     # A parent run, an analyses run and a pre-training run of s1 carry no budget results.
     log_run(client, experiment, {"study": "s1", "method": "mae"}, {"mode": "linear", "budgets": "100,10"}, {})
     log_run(client, experiment, {"study": "s1", "method": "mae", "backbone": "vit_tiny", "ratio": "1:10", "ratio_r": 10},
-            {"mode": "analyses"}, {"knn_best_weighted_f1": 0.8, "kmeans_ami": 0.3})  # fmt: skip
-    log_run(client, experiment, {"study": "s1", "stage": "pretrain"}, {"budget": "100"}, {"eval_acc": 0.1})
+            {"mode": "analyses"}, {"representation/knn_best_weighted_f1": 0.8, "representation/kmeans_ami": 0.3})  # fmt: skip
+    log_run(client, experiment, {"study": "s1", "stage": "pretrain"}, {"budget": "100"}, {"eval/acc": 0.1})
     # Failed runs: one repeats a finished cell with a wild value, one is at a ratio nothing finished at.
-    budget_run(client, experiment, "s1", "mae", "vit_tiny", 1, "linear", 100.0, 0, "FAILED", eval_acc=0.0)
-    budget_run(client, experiment, "s1", "mae", "vit_tiny", 1000, "linear", 100.0, 0, "FAILED", eval_acc=0.5)
+    budget_run(client, experiment, "s1", "mae", "vit_tiny", 1, "linear", 100.0, 0, "FAILED", **{"eval/acc": 0.0})
+    budget_run(client, experiment, "s1", "mae", "vit_tiny", 1000, "linear", 100.0, 0, "FAILED", **{"eval/acc": 0.5})
     for budget in (100.0, 1.0):
         for resample in (0, 1):
             budget_run(client, experiment, "s2", "mae", "vit_tiny", 5, "linear", budget, resample)
@@ -168,27 +168,40 @@ def test_reference_falls_back_to_the_smallest_ratio_and_few_pairs_get_no_p_value
 def test_analyze_writes_every_output_and_logs_it_to_one_analysis_run(study, tmp_path):
     metrics = ("acc", "auc")  # two of the six keep the test fast; each metric's outputs come from one function
     output = analyze("s1", tmp_path / "out", ratio="1:10", metrics=metrics)
-    written = sorted(path.name for path in output.iterdir())
-    per_metric = [f"{kind}_{m}{suffix}" for m in metrics for kind, suffix in
-                  (("curves", ".png"), ("table", ".md"), ("table", ".csv"), ("stats", ".md"), ("stats", ".csv"))]
-    boxes = [f"boxplot_{m}_1-10.png" for m in metrics]
-    assert written == sorted(["results.csv", "representation.md", "representation.csv", "README.md", *per_metric, *boxes])
-    representation = pd.read_csv(output / "representation.csv")
+    written = sorted(path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file())
+    per_metric = [f"{folder}/{kind}_{m}{suffix}" for m in metrics for folder, kind, suffix in
+                  (("figures", "curves", ".png"), ("tables", "table", ".md"), ("tables", "table", ".csv"),
+                   ("stats", "stats", ".md"), ("stats", "stats", ".csv"))]  # fmt: skip
+    boxes = [f"figures/boxplot_{m}_1-10.png" for m in metrics]
+    assert written == sorted(["tables/results.csv", "tables/representation.md", "tables/representation.csv", "README.md",
+                              *per_metric, *boxes])  # fmt: skip
+    representation = pd.read_csv(output / "tables" / "representation.csv")
     assert representation[["method", "ratio", "knn_best_weighted_f1", "kmeans_ami"]].values.tolist() == [
         ["mae", "1:10", 0.8, 0.3]]  # fmt: skip
     assert all((output / name).stat().st_size > 0 for name in written)
     [analysis] = analysis_runs()
     assert analysis.info.status == "FINISHED" and analysis.data.tags["study"] == "s1"
     assert analysis.data.params["ratio"] == "1:10" and analysis.data.params["study"] == "s1"
-    assert sorted(a.path for a in MlflowClient().list_artifacts(analysis.info.run_id)) == written
+    logged = sorted(a.path for folder in ("", "figures", "tables", "stats")
+                    for a in MlflowClient().list_artifacts(analysis.info.run_id, folder or None) if not a.is_dir)  # fmt: skip
+    ui_tables = [f"{folder}/{name}.json" for folder, name in [("tables", "representation"), *[
+        (folder, f"{kind}_{m}") for m in metrics for folder, kind in (("tables", "table"), ("stats", "stats"))]]]
+    assert logged == sorted([*written, *ui_tables])  # the Markdown tables also as tables the UI renders
     readme = (output / "README.md").read_text()
-    assert "84 finished downstream runs" in readme and "curves_acc.png, curves_auc.png" in readme
+    assert "84 finished downstream runs" in readme and "figures/curves_acc.png, figures/curves_auc.png" in readme
+    # Headline numbers as metrics: the drop from 1:1 to 1:100 per method x mode x budget, and its p-value.
+    stats = drops(downstream_results("s1"), "acc")
+    row = stats[(stats["method"] == "simclr") & (stats["mode"] == "linear") & (stats["budget"] == 10)
+                & (stats["ratio"] == "1:100")].iloc[0]  # fmt: skip
+    key = "simclr-resnet18-linear-b10"
+    assert analysis.data.metrics[f"drop_acc/{key}"] == pytest.approx(row["drop_pp"])
+    assert analysis.data.metrics[f"p_acc/{key}"] == pytest.approx(row["p_value"])
 
 
 def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_path):
     output = analyze("s2", tmp_path / "s2", metrics=("acc",))
-    assert (output / "curves_acc.png").exists() and (output / "boxplot_acc_1-5.png").exists()
-    assert (output / "stats_acc.csv").read_text().splitlines()[1:] == []  # one ratio: no drop to test
+    assert (output / "figures" / "curves_acc.png").exists() and (output / "figures" / "boxplot_acc_1-5.png").exists()
+    assert (output / "stats" / "stats_acc.csv").read_text().splitlines()[1:] == []  # one ratio: no drop to test
     assert "no external baseline" in plot_boxes(downstream_results("s2"), "acc", 5, "s2").get_suptitle()
     table = markdown_table(summary(downstream_results("s2"), "acc"))
     assert list(table.columns[4:]) == ["1:5"]
@@ -197,7 +210,7 @@ def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_pa
 def test_an_analyses_run_without_its_model_tags_is_a_one_line_error(study):
     client = MlflowClient()
     experiment = client.search_experiments()[0].experiment_id
-    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "analyses"}, {"kmeans_ami": 0.3})
+    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "analyses"}, {"representation/kmeans_ami": 0.3})
     with pytest.raises(CytoError, match="1 downstream runs of study s3 have no tags.backbone"):
         representation_results("s3")
 

@@ -25,7 +25,7 @@ from cyto_ssrl.errors import CytoError
 from cyto_ssrl.stages import run_pretrain
 from tests.conftest import private_store
 
-EVAL_METRICS = [f"eval_{name}" for name in METRIC_NAMES]
+EVAL_METRICS = [f"eval/{name}" for name in METRIC_NAMES]
 MODEL = "cyto-mae-vit_tiny"
 
 
@@ -129,9 +129,30 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     assert sorted(found["params.resample"]) == ["0", "1"]
     analyses = runs[runs["params.mode"] == "analyses"].iloc[0]
     for metric in ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc"):
-        assert np.isfinite(analyses[f"metrics.{metric}"]), metric
+        assert np.isfinite(analyses[f"metrics.representation/{metric}"]), metric
     artifacts = {a.path for a in MlflowClient().list_artifacts(analyses["run_id"])}
-    assert {"knn.csv", "knn.png", "svm_folds.csv", "tsne.csv", "tsne.png"} <= artifacts
+    assert {"knn.csv", "knn.json", "knn.png", "svm_folds.csv", "svm_folds.json", "tsne.csv", "tsne.png"} <= artifacts
+
+    # What the MLflow UI shows: names that say what was evaluated, the ratio as numbers the chart view can plot
+    # against, and the model and data lineage as the run's inputs.
+    names = sorted(runs["tags.mlflow.runName"])
+    assert names == ["analyses/mae-vit_tiny@1:1", *[f"mae-vit_tiny@1:1/linear-b{b}-r{r}" for b in (10, 5) for r in (0, 1)]]
+    assert mlflow.get_run(parent).data.tags["mlflow.runName"] == "mae-vit_tiny@1:1/linear"
+    assert set(runs["params.ratio_r"]) == {"1"} and set(runs["params.log10_ratio"]) == {"0.0"}
+    model_id = version.source.removeprefix("models:/")
+    assert mlflow.get_logged_model(model_id).name == "mae-vit_tiny-r1"
+    budget = mlflow.get_run(runs.loc[runs["tags.mlflow.runName"].str.endswith("b5-r1"), "run_id"].item())
+    assert [m.model_id for m in budget.inputs.model_inputs] == [model_id]
+    assert sorted((d.dataset.name, d.tags[0].value) for d in budget.inputs.dataset_inputs) == [
+        ("evaluation", "evaluation"), ("train-b5-r1", "train"), ("val-b5-r1", "validation")]  # fmt: skip
+    scored = [m for m in mlflow.get_logged_model(model_id).metrics if m.key == "eval/acc"]
+    assert len(scored) == 4 and {m.dataset_name for m in scored} == {"evaluation"}  # filed under the model too
+    images = {a.path.split("/")[-1].split("+")[0] for a in MlflowClient().list_artifacts(budget.info.run_id, "images")}
+    assert images == {"confusion_matrix", "roc"}  # MLflow images: the chart view compares them across runs
+    # The registry says what a version is and how to find the runs that evaluated it.
+    described = MlflowClient().get_model_version(MODEL, "1").description
+    assert "1:1" in described and f"tags.model_name = '{MODEL}' and tags.model_version = '1'" in described
+    assert "r<r>" in MlflowClient().get_registered_model(MODEL).description
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -174,8 +195,11 @@ def test_cli_prints_one_line_and_exits_2(model, monkeypatch, capsys):
 def test_tune_records_the_best_lr_and_tuned_uses_it(model, store):
     parent, best = run_tune(model, "linear", budget=10, n_trials=3)
     run = mlflow.get_run(parent)
-    assert run.data.metrics["best_blr"] == pytest.approx(best) and float(run.data.tags["best_blr"]) == best
+    assert run.data.metrics["tune/best_blr"] == pytest.approx(best) and float(run.data.tags["best_blr"]) == best
+    assert run.data.tags["mlflow.runName"] == "mae-vit_tiny@1:1/tune-linear-b10"
     assert len(children(parent)) == 3
+    assert {m.model_id for m in run.inputs.model_inputs} == {MlflowClient().get_model_version(MODEL, "1").source[8:]}
+    assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == ["train-b10-r0", "val-b10-r0"]
     assert {"trials.csv", "history.png", "importance.png"} <= {a.path for a in MlflowClient().list_artifacts(parent)}
     assert Path(store.removeprefix("sqlite:///")).with_name("optuna.db").exists()  # its own file, not MLflow's
     tuned = run_downstream(model, "linear", budgets=(10,), resamples=1, lr="tuned")
@@ -196,10 +220,10 @@ def test_finetune_logs_the_six_evaluation_metrics(model):
     run_id = runs["run_id"].iloc[0]
     metrics = mlflow.get_run(run_id).data.metrics
     assert all(0 <= metrics[name] <= 1 for name in EVAL_METRICS)
-    history = MlflowClient().get_metric_history(run_id, "val_acc")
+    history = MlflowClient().get_metric_history(run_id, "train/val_acc")
     assert [m.step for m in history] == list(range(int(runs["params.epochs"].iloc[0])))
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
-    assert {"confusion_matrix.png", "roc.png", "budget_split.csv"} <= artifacts
+    assert {"images", "budget_split.csv"} <= artifacts
 
 
 def test_tune_prunes_trials_that_fall_behind_the_median(model, store):
@@ -212,7 +236,7 @@ def test_tune_prunes_trials_that_fall_behind_the_median(model, store):
     assert len(pruned) >= 1 and set(trials["status"]) == {"FINISHED"}  # a pruned trial stopped; it did not fail
     epochs = int(trials["params.epochs"].iloc[0])
     for run_id in pruned["run_id"]:
-        assert len(MlflowClient().get_metric_history(run_id, "val_acc")) < epochs
+        assert len(MlflowClient().get_metric_history(run_id, "train/val_acc")) < epochs
     storage = f"sqlite:///{Path(store.removeprefix('sqlite:///')).with_name('optuna.db')}"
     study = optuna.load_study(study_name=mlflow.get_run(parent).data.tags["study_name"], storage=storage)
     states = [t.state for t in study.trials]

@@ -68,12 +68,15 @@ def _backbone_state(job_dir) -> dict:
     return load_file(f"{job_dir}/{BACKBONE_FILE}")
 
 
-def test_pretrain_registers_a_tagged_aliased_backbone(store, tiles):
+def test_pretrain_registers_a_tagged_aliased_backbone(store, tiles, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the run lasts seconds here
     run_id, uri = run_pretrain("simclr", "1:5", "tiny", manifest=tiles, pool_size=64, **FAST)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and len(run.data.metrics) >= 2
-    losses = [m.value for m in MlflowClient().get_metric_history(run_id, "train_loss")]
+    assert run.data.tags["mlflow.runName"] == "simclr-resnet18@1:5"
+    losses = [m.value for m in MlflowClient().get_metric_history(run_id, "train/loss")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= run.data.metrics.keys()
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["pool-1:5"]
     client = MlflowClient()
     version = client.get_model_version_by_alias("cyto-simclr-resnet18", "r5")
@@ -85,6 +88,10 @@ def test_pretrain_registers_a_tagged_aliased_backbone(store, tiles):
     assert len(tags["pool_digest"]) == 16 and tags["tiles_run_id"] == ""  # manifest given as a file: no tiles run
     model = mlflow.pytorch.load_model("models:/cyto-simclr-resnet18@r5")
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 512)
+    # The logged model is named by what it is and shows the last epoch's loss, not the first's.
+    logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.name == "simclr-resnet18-r5"
+    assert [(m.key, m.step, m.value) for m in logged.metrics if m.key == "train/loss"] == [("train/loss", 1, losses[-1])]
 
 
 def test_labels_never_reach_the_model(store, tiles):
@@ -161,6 +168,7 @@ def test_external_backbone_from_a_local_weights_file(store, tmp_path, capsys):
     assert f"registered {uri} as models:/cyto-external-resnet18@external" in printed.out + printed.err
     version = MlflowClient().get_model_version_by_alias("cyto-external-resnet18", "external")
     assert version.tags["ratio"] == "external" and version.tags["source"] == "imagenet_resnet18.safetensors"
+    assert version.tags["baseline_for"] == "mae"  # the method whose preset it was registered with
     loaded = mlflow.pytorch.load_model(uri).state_dict()
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     with pytest.raises(CytoError, match="do not exist"):
@@ -174,9 +182,20 @@ def test_two_process_accelerate_launch(store, tiles):
                                epochs=2, batch_size=16, num_workers=1)  # fmt: skip
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'")
     assert list(runs["run_id"]) == [run_id] and list(runs["status"]) == ["FINISHED"]
-    assert len(MlflowClient().get_metric_history(run_id, "train_loss")) == 2  # main process only
+    assert len(MlflowClient().get_metric_history(run_id, "train/loss")) == 2  # main process only
     versions = MlflowClient().search_model_versions("name='cyto-mae-vit_tiny'")
     assert len(versions) == 1 and versions[0].tags["ratio"] == "1:10"
     assert MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r10").version == versions[0].version
     model = mlflow.pytorch.load_model("models:/cyto-mae-vit_tiny@r10")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 192)
+
+
+def test_each_stage_gets_the_precision_it_asked_for():
+    """Accelerate keeps one state per process: a bf16 pre-training must not leave a later fine-tuning in bf16, and
+    the reverse order must not raise."""
+    from cyto_ssrl.train import stage_accelerator
+
+    assert stage_accelerator(mixed_precision="bf16").mixed_precision == "bf16"
+    assert stage_accelerator().mixed_precision == "no"
+    assert stage_accelerator(mixed_precision="bf16", gradient_accumulation_steps=2).gradient_accumulation_steps == 2
+    assert stage_accelerator().gradient_accumulation_steps == 1

@@ -4,12 +4,13 @@ parameters as MLflow passes them."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 
 import pytest
 import yaml
 
-from cyto_ssrl.cli import integer, optional_integer
+from cyto_ssrl.cli import integer, mlproject_entry, optional_integer, parse_params
 
 from .conftest import ROOT
 
@@ -35,6 +36,42 @@ def test_every_entry_point_runs_an_existing_module():
     for name, entry in project["entry_points"].items():
         module = re.search(r"python -m (entrypoints\.\w+)", entry["command"]).group(1)
         assert (ROOT / (module.replace(".", "/") + ".py")).exists(), name
+
+
+ENTRY_POINTS = ("tiles", "pools", "pretrain", "downstream", "tune", "study", "analyze")
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_mlproject_declares_each_entry_points_parameters_as_its_cli_does(name):
+    """One declaration (the entry point's Params dataclass): MLproject must name the same parameters, with the same
+    types and defaults, and pass every one of them to the CLI."""
+    declared = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][name]
+    expected = mlproject_entry(importlib.import_module(f"entrypoints.{name}").Params, f"entrypoints.{name}")
+    assert list(declared["parameters"]) == list(expected["parameters"])
+    for key, spec in expected["parameters"].items():
+        given = declared["parameters"][key]
+        assert given["type"] == spec["type"], key
+        assert ("default" in given) == ("default" in spec), key
+        if "default" in spec:
+            assert _same(given["default"], spec["default"]), (key, given["default"], spec["default"])
+    assert " ".join(declared["command"].split()) == expected["command"]
+
+
+def _same(yaml_value, default) -> bool:
+    if isinstance(default, bool):
+        return str(yaml_value).lower() == str(default).lower()
+    if isinstance(default, (int, float)):
+        return float(yaml_value) == float(default)
+    return str(yaml_value) == str(default)
+
+
+def test_an_unset_word_reads_as_not_given_and_a_value_as_itself():
+    from entrypoints.pretrain import Params
+
+    defaults = parse_params(Params, "", [])
+    assert (defaults.pool, defaults.epochs, defaults.manifest, defaults.method) == (None, None, None, "mae")
+    given = parse_params(Params, "", ["--epochs", "3.0", "--pool", "p.parquet", "--manifest", ""])
+    assert (given.epochs, given.pool, given.manifest) == (3, "p.parquet", None)
 
 
 def test_whole_number_options_take_mlflow_floats_and_name_the_option_they_refuse(capsys):

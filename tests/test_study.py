@@ -225,17 +225,29 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     cells = [c.key for c in plan(cfg)][:-1]
     finished = finished_cells("micro")
     assert set(cells) < set(finished["key"]) and finished["key"].is_unique
-    assert (folder / "curves_acc.png").is_file() and (folder / "table_acc.md").is_file()
+    assert (folder / "figures" / "curves_acc.png").is_file() and (folder / "tables" / "table_acc.md").is_file()
     study_run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'").iloc[0]
     assert study_run["status"] == "FINISHED" and float(study_run["tags.heartbeat"]) > 0
-    assert study_run["metrics.cells_done"] == study_run["metrics.cells_total"] == len(cells) + 1
+    assert study_run["metrics.study/cells_done"] == study_run["metrics.study/cells_total"] == len(cells) + 1
+    done = MlflowClient().get_metric_history(study_run["run_id"], "study/cells_done")
+    assert [m.value for m in done] == sorted({m.value for m in done})  # a point when it changed, not per poll
+    # Names that say what each run holds: one per cell, the model's label first.
+    assert finished["tags.mlflow.runName"].is_unique
+    assert "mae-vit_tiny@1:2/linear-b50-r1" in set(finished["tags.mlflow.runName"])
+    assert "analyses/external-vit_tiny-random-init-64px" in set(finished["tags.mlflow.runName"])
+    # The study run and the experiment say where the analysis is.
+    analysis_run = study_run["tags.analysis_run_id"]
+    assert f"#/experiments/{study_run['experiment_id']}/runs/{analysis_run}" in study_run["tags.mlflow.note.content"]
+    experiment = MlflowClient().get_experiment(study_run["experiment_id"])
+    assert analysis_run in experiment.tags["mlflow.note.content"]
+    assert MlflowClient().get_run(analysis_run).data.tags["study"] == "micro"
     assert set(finished["tags.mlflow.parentRunId"]) == {study_run["run_id"]}
     versions = MlflowClient().search_model_versions("name = 'cyto-mae-vit_tiny'")
     assert sorted(v.tags["ratio"] for v in versions) == ["1:1", "1:2"]
     assert MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r2").tags["ratio"] == "1:2"
     downstream = finished[(finished["tags.stage"] == "downstream") & (finished["params.mode"] == "linear")]
     assert len(downstream) == 3 * 2 and set(downstream["tags.ratio"]) == {"1:1", "1:2", "external"}
-    representation = (folder / "representation.csv").read_text().splitlines()
+    representation = (folder / "tables" / "representation.csv").read_text().splitlines()
     assert len(representation) == 1 + 3 and "svm_acc" in representation[0]
 
     # Same study again: nothing to do, no new cell run.
@@ -265,7 +277,7 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     assert finished_cells("micro")["key"].is_unique
     assert continued["tags.continued_from"] == died["run_id"] and continued["status"] == "FINISHED"
     # The checkpoint was of the last epoch: no epoch is trained again and the new version holds the same weights.
-    assert pd.isna(continued.get("metrics.train_loss"))
+    assert pd.isna(continued.get("metrics.train/loss"))
     old, new_weights = (mlflow.pytorch.load_model(uri).state_dict() for uri in (died["tags.model_uri"],
                                                                                continued["tags.model_uri"]))  # fmt: skip
     assert continued["tags.model_uri"] != died["tags.model_uri"] and all(
@@ -346,3 +358,25 @@ def test_workers_share_a_study_on_a_tracking_server(tmp_path, manifest, server, 
     print("cells per worker:", finished.groupby("tags.study_worker").size().to_dict())
     version = MlflowClient().get_model_version_by_alias("cyto-mae-vit_tiny", "r2")
     assert version.tags["ratio"] == "1:2"
+
+
+@pytest.mark.slow
+def test_mlflow_run_study_entry_point(tmp_path, manifest, store):
+    """The real `mlflow run . -e study --env-manager local` on a small preset: it finishes, the values it used stand
+    beside the parameters MLflow logged as given, and its closing lines give the address of the runs table."""
+    preset = tmp_path / "micro.json"
+    preset.write_text(json.dumps({k: v for k, v in vars(micro(manifest, analyses=False, resamples=1)).items()
+                                  if k != "output"}))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN") and k != "MLFLOW_EXPERIMENT_ID"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` of this environment
+    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "study", "--env-manager", "local",
+               "--experiment-name", "cli", "-P", f"preset={preset}"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study_run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'").iloc[0]
+    assert study_run["status"] == "FINISHED" and study_run["tags.study"] == "micro"
+    # MLflow logs the parameters as given: an unset one reads as its MLproject default, the value used beside it.
+    assert study_run["params.study"] == "preset" and study_run["params.used.study"] == "micro"
+    assert study_run["params.ratios"] == "preset" and study_run["params.cfg.ratios"] == "('1:1', '1:2')"
+    url = f"#/experiments/{study_run['experiment_id']}/runs?workflowType=machine_learning"
+    assert url in done.stdout.strip().splitlines()[-1]

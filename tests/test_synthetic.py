@@ -106,6 +106,15 @@ def test_same_seed_same_annotations_other_seed_different(tmp_path):
     assert annotations("c", 8) != first
 
 
+def test_worker_processes_draw_the_same_cohort(tmp_path):
+    cfg = SyntheticConfig(**{**SMALL, "n_slides": 3})
+    serial, parallel = generate_cohort(tmp_path / "serial", cfg), generate_cohort(tmp_path / "parallel", cfg, workers=2)
+    assert serial.drop(columns=["path", "annotation_path"]).equals(parallel.drop(columns=["path", "annotation_path"]))
+    for a, b in zip(serial.itertuples(), parallel.itertuples()):
+        assert open(a.annotation_path).read() == open(b.annotation_path).read()
+        assert open(a.path, "rb").read() == open(b.path, "rb").read()
+
+
 def test_zlib_compression_opens(tmp_path):
     cfg = SyntheticConfig(n_slides=1, deposit_um=150.0, margin_um=40.0, compression="zlib", levels=2)
     row = generate_cohort(tmp_path, cfg).iloc[0]

@@ -44,6 +44,38 @@ def check_classes(tiles: pd.DataFrame, proportions: dict[str, float]) -> None:
             )
 
 
+def check_balance(names) -> None:
+    if "ssrl" in names:
+        raise CytoError("the ssrl partition cannot be balanced: pools are drawn from all its tiles at each ratio "
+                        "(balance downstream and/or evaluation)")  # fmt: skip
+
+
+def balance_partitions(tiles: pd.DataFrame, names, seed: int) -> pd.DataFrame:
+    """The tiles with each named partition drawn 1:1 positive:negative from its own tiles; other partitions whole.
+
+    A balanced partition keeps its minority class and a seeded draw of as many tiles of its majority class; its
+    ambiguous and unlabelled tiles go (downstream uses positive and negative tiles only). Each partition draws from
+    its own random stream, so balancing one never changes the draw of another.
+    """
+    check_balance(names)
+    keep = ~tiles["partition"].isin(list(names)).to_numpy()
+    order = np.argsort(tiles["tile_id"].to_numpy(), kind="stable")  # rows by tile id: the plan's order does not count
+    partition, label = tiles["partition"].to_numpy()[order], tiles["label"].to_numpy()[order]
+    for name in names:
+        if not (partition == name).any():  # not a partition of this split
+            continue
+        classes = [order[(partition == name) & (label == lab)] for lab in LABELLED_STRATA]
+        n = min(len(rows) for rows in classes)
+        if n == 0:
+            missing = [lab for lab, rows in zip(LABELLED_STRATA, classes) if len(rows) == 0]
+            raise CytoError(f"the split cannot be met: partition {name!r} gets no {' or '.join(missing)} tiles to "
+                            f"draw 1:1 from; add slides or change the partition proportions")  # fmt: skip
+        rng = np.random.default_rng([seed, *name.encode()])
+        for rows in classes:
+            keep[rows[rng.choice(len(rows), n, replace=False)]] = True
+    return tiles[keep]
+
+
 def _fill(stratum: pd.DataFrame, names: list[str], shares: np.ndarray, one_each: bool) -> dict[str, str]:
     target = shares * stratum["weight"].sum()
     filled = np.zeros(len(names))

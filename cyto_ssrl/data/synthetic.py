@@ -11,6 +11,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +32,32 @@ CLASS_COLORS = {"positive": [220, 40, 40], "negative": [40, 160, 60]}
 LOWRES_UM = 4.0  # pixel size of the mucus/haze layer, which is smooth enough to draw small and upsample
 
 
-def generate_cohort(output_dir: str | Path, cfg: SyntheticConfig) -> pd.DataFrame:
-    """Write cfg.n_slides slides with GeoJSON annotations and slides.csv into output_dir; return the table."""
+def generate_cohort(output_dir: str | Path, cfg: SyntheticConfig, workers: int = 1) -> pd.DataFrame:
+    """Write cfg.n_slides slides with GeoJSON annotations and slides.csv into output_dir; return the table.
+
+    Slides are drawn in up to `workers` processes: each has its own random stream, so the cohort is the same.
+    """
     _check(cfg)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     n_pos = round(cfg.n_slides * cfg.positive_slide_fraction)
     labels = rng.permutation(["positive"] * n_pos + ["negative"] * (cfg.n_slides - n_pos))
-    rows = []
-    for i, label in enumerate(labels):
-        slide_rng = np.random.default_rng([cfg.seed, i])  # one stream per slide: slides do not depend on each other
-        mpp = cfg.mpps[i % len(cfg.mpps)]
-        rows.append(_make_slide(out, f"slide_{i:03d}", f"patient_{i:03d}", str(label), mpp, cfg, slide_rng))
+    jobs = [(out, i, str(label), cfg) for i, label in enumerate(labels)]
+    if min(workers, len(jobs)) <= 1:
+        rows = list(map(_slide_job, jobs))
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            rows = list(pool.map(_slide_job, jobs))
     table = pd.DataFrame(rows)
     _atomic(out / "slides.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
+
+
+def _slide_job(job) -> dict:
+    out, i, label, cfg = job
+    slide_rng = np.random.default_rng([cfg.seed, i])  # one stream per slide: slides do not depend on each other
+    return _make_slide(out, f"slide_{i:03d}", f"patient_{i:03d}", label, cfg.mpps[i % len(cfg.mpps)], cfg, slide_rng)
 
 
 def _check(cfg: SyntheticConfig) -> None:

@@ -1,19 +1,24 @@
 """Stage 1: slides (or cell crops) in, labelled tiles and a Parquet manifest out.
 
-plan (worker processes over slides: mpp, deposit grid, labels) -> split by patient -> cut (worker processes over
-tile batches) -> manifest. Tiles are written into a staging folder and the manifest under a temporary name; both
-move into place only when every tile is written, so a failed run leaves the previous output as it was.
+plan (worker processes over slides: mpp, deposit grid, labels) -> split by patient -> balance (partitions drawn 1:1)
+-> cut (worker processes over tile batches) -> manifest. Tiles are written into a staging folder and the manifest
+under a temporary name; both move into place only when every tile is written, so a failed run leaves the previous
+output as it was. A slide that gives no tile (unreadable, or too little deposit) is skipped with a warning: one
+blank slide in a lab's folder does not stop the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -21,7 +26,7 @@ from tqdm import tqdm
 from cyto_ssrl.config import TileConfig
 from cyto_ssrl.data import annotations as ann
 from cyto_ssrl.data.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, Geometry, open_slide, read_tiles, slide_mpp, tile_grid
-from cyto_ssrl.data.split import assign_partitions, check_classes
+from cyto_ssrl.data.split import assign_partitions, balance_partitions, check_balance, check_classes
 from cyto_ssrl.errors import CytoError
 
 MANIFEST_COLUMNS = [
@@ -30,17 +35,27 @@ MANIFEST_COLUMNS = [
 ]  # fmt: skip
 JOB_TILES = 6  # a worker job is a square of up to this many tiles a side
 CELL_CHUNK = 64  # cell crops per worker job
+SKIPPED_COLUMNS = ["slide_id", "path", "reason"]
+
+
+class SlideSkipped(CytoError):
+    """A slide that gives no tile (unreadable, or no tile passes the deposit check): the run goes on without it."""
 
 
 def make_tiles(source: str, input_dir: str | Path | None, output_dir: str | Path, cfg: TileConfig,
                annotations: str | Path | None = None) -> pd.DataFrame:  # fmt: skip
-    """Run stage 1 and return the manifest (also written to output_dir/manifest.parquet)."""
+    """Run stage 1 and return the manifest (also written to output_dir/manifest.parquet).
+
+    What the run left out rides along in the returned manifest's attrs (not in the file): `skipped_slides`, one
+    record (SKIPPED_COLUMNS) per slide that gave no tile, and `balance`, tiles planned/kept/dropped per partition.
+    """
     output_dir = Path(output_dir).resolve()
+    check_balance(cfg.balance)
     if source == "synthetic":
         from cyto_ssrl.data.synthetic import generate_cohort
 
         input_dir = output_dir / "slides"
-        generate_cohort(input_dir, cfg.synthetic)
+        generate_cohort(input_dir, cfg.synthetic, cfg.workers)
     if source in ("slides", "synthetic"):
         plan = plan_slides(_existing_dir(input_dir), cfg, annotations)
     elif source == "cells":
@@ -49,9 +64,14 @@ def make_tiles(source: str, input_dir: str | Path | None, output_dir: str | Path
         plan = plan_cells(_existing_dir(input_dir), cfg)
     else:
         raise CytoError(f"unknown tile source {source!r}; choose slides, cells or synthetic")
+    skipped = plan.attrs.pop("skipped_slides", [])  # popped: pandas would carry it into the manifest file
     plan["source"] = source
     plan = split_plan(plan, cfg)
-    return write_tiles(plan, output_dir, cfg)
+    # Balanced partitions are drawn before any tile is cut: a tile they drop is never read or written.
+    kept = balance_partitions(plan, cfg.balance, cfg.seed)
+    manifest = write_tiles(kept, output_dir, cfg)
+    manifest.attrs.update(skipped_slides=skipped, balance=balance_report(plan, kept, cfg.balance))
+    return manifest
 
 
 def _existing_dir(path) -> Path:
@@ -67,6 +87,17 @@ def split_plan(plan: pd.DataFrame, cfg: TileConfig) -> pd.DataFrame:
     plan = plan.assign(partition=plan["patient_id"].map(partition))
     check_classes(plan, cfg.partitions)
     return plan
+
+
+def balance_report(planned: pd.DataFrame, kept: pd.DataFrame, balanced) -> list[dict]:
+    """Per partition: balanced or not, tiles planned, kept and dropped (and the dropped ones by label)."""
+    rows = []
+    for name, tiles in planned.groupby("partition", sort=True):
+        dropped = tiles.loc[~tiles.index.isin(kept.index), "label"].value_counts()
+        rows.append({"partition": name, "balanced_1to1": name in balanced, "planned": len(tiles),
+                     "kept": len(tiles) - int(dropped.sum()), "dropped": int(dropped.sum()),
+                     "dropped_labels": ", ".join(f"{label} {n}" for label, n in dropped.items())})  # fmt: skip
+    return rows
 
 
 def _group_label(tile_labels: pd.Series) -> str:
@@ -95,21 +126,45 @@ def discover_slides(input_dir: Path) -> dict[str, Path]:
 
 
 def plan_slides(input_dir: Path, cfg: TileConfig, annotations: str | Path | None) -> pd.DataFrame:
+    """Every slide's planned tiles. A slide that gives none is left out with a one-line warning and listed in the
+    plan's attrs['skipped_slides']; with cfg.strict the first such slide's reason is the run's error."""
     slides = discover_slides(input_dir)
     table = _slide_table(input_dir)
     csv_cells = ann.read_csv_points(Path(annotations), cfg.csv) if _is_csv(annotations) else None
     jobs = [(slide_id, path, table.get(slide_id, {}), _cells_source(path, annotations, csv_cells, cfg), cfg)
             for slide_id, path in slides.items()]  # fmt: skip
     # Slides are planned side by side: each reads a pyramid level for its deposit check and parses its annotations.
-    plans = _map(_plan_job, jobs, cfg.workers)
-    return pd.concat(list(tqdm(plans, total=len(jobs), desc="planning slides", unit="slide")), ignore_index=True)
+    plans, skipped = [], []
+    results = _map(_plan_job, jobs, cfg.workers)
+    # closing: a strict stop cancels the slides still queued
+    with contextlib.closing(results), tqdm(total=len(jobs), desc="planning slides", unit="slide") as bar:
+        for slide_id, (plan, reason) in zip(slides, results):
+            bar.update()
+            if reason is None:
+                plans.append(plan)
+            elif cfg.strict:
+                raise CytoError(f"slide {slide_id!r}: {reason}")
+            else:
+                tqdm.write(f"skipping slide {slide_id!r}: {reason}", file=sys.stderr)
+                skipped.append(dict(zip(SKIPPED_COLUMNS, (slide_id, str(slides[slide_id]), reason))))
+    if not plans:
+        raise CytoError(f"no slide in {input_dir} gives a tile ({len(skipped)} skipped); the first, "
+                        f"{skipped[0]['slide_id']!r}: {skipped[0]['reason']}")  # fmt: skip
+    plan = pd.concat(plans, ignore_index=True)
+    plan.attrs["skipped_slides"] = skipped
+    return plan
 
 
-def _plan_job(job) -> pd.DataFrame:
+def _plan_job(job) -> tuple[pd.DataFrame | None, str | None]:
+    """(the slide's plan, None), or (None, why it gives no tile). Any other error is the run's: missing um/px or
+    annotations that are broken or do not fit the slide must be fixed, not skipped."""
     slide_id, path, meta, cells, cfg = job
     if isinstance(cells, Path):
         cells = ann.read_geojson(cells, cfg.cell_classes), None
-    return plan_slide(slide_id, path, meta, cells, cfg)
+    try:
+        return plan_slide(slide_id, path, meta, cells, cfg), None
+    except SlideSkipped as skip:
+        return None, str(skip)
 
 
 def _is_csv(path) -> bool:
@@ -140,20 +195,31 @@ def _cells_source(path: Path, annotations, csv_cells: dict | None, cfg: TileConf
 
 
 def plan_slide(slide_id: str, path: Path, meta: dict, cells, cfg: TileConfig) -> pd.DataFrame:
-    """Every tile of one slide that passes the deposit check, with its label; nothing is read at full size."""
-    slide = open_slide(path)
+    """Every tile of one slide that passes the deposit check, with its label; nothing is read at full size.
+
+    SlideSkipped when the slide cannot be read or no tile passes; its annotations are checked first, so an error in
+    them is never hidden by a skip.
+    """
+    try:
+        slide = open_slide(path)
+    except CytoError as exc:
+        raise SlideSkipped(_one_line(exc)) from None
     mpp = slide_mpp(slide, slide_id, cfg.slide_mpp.get(slide_id, meta.get("mpp")), cfg.default_mpp)
     geometry = Geometry(mpp, cfg.target_mpp, cfg.tile_size)
-    coords, fraction = tile_grid(slide, geometry, cfg.min_deposit)
-    if len(coords) == 0:
-        raise CytoError(f"slide {slide_id!r}: no tile of {geometry.extent:.0f} level-0 px has "
-                        f"{cfg.min_deposit:.0%} cell deposit; lower min_deposit or check the slide")  # fmt: skip
-    if cfg.max_tiles_per_slide and len(coords) > cfg.max_tiles_per_slide:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(coords), cfg.max_tiles_per_slide, replace=False))
-        coords, fraction = coords[keep], fraction[keep]
     if cells is not None:
         cells = ann.rescale(cells[0], cells[1], slide.dimensions)
         ann.check_inside(cells, slide.dimensions, f"annotations of slide {slide_id!r}")
+    try:
+        coords, fraction = tile_grid(slide, geometry, cfg.min_deposit)
+    except (openslide.OpenSlideError, OSError, SyntaxError) as exc:
+        # A truncated or corrupt file opens, then fails to read (Pillow reports some broken PNGs as SyntaxError).
+        raise SlideSkipped(f"{path} cannot be read ({_one_line(exc)})") from None
+    if len(coords) == 0:
+        raise SlideSkipped(f"no tile of {geometry.extent:.0f} level-0 px has {cfg.min_deposit:.0%} cell deposit; "
+                           "lower min_deposit or check the slide")  # fmt: skip
+    if cfg.max_tiles_per_slide and len(coords) > cfg.max_tiles_per_slide:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(coords), cfg.max_tiles_per_slide, replace=False))
+        coords, fraction = coords[keep], fraction[keep]
     slide_label = meta.get("label") or _slide_label(cells)
     labels = label_tiles(coords, geometry.extent, cells, slide_label, cfg.positive_cell_fraction)
     return pd.DataFrame({
@@ -163,6 +229,10 @@ def plan_slide(slide_id: str, path: Path, meta: dict, cells, cfg: TileConfig) ->
         "source_mpp": mpp, "target_mpp": cfg.target_mpp, "tile_size": cfg.tile_size,
         "label": labels, "slide_label": slide_label, "deposit_fraction": fraction, "source_path": str(path),
     })  # fmt: skip
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _slide_label(cells: pd.DataFrame | None) -> str:
@@ -182,10 +252,13 @@ def label_tiles(coords: np.ndarray, extent: float, cells: pd.DataFrame | None, s
         return [slide_label] * len(coords)
     positive = cells[cells["label"] == "positive"]
     samples = [_polygon_samples(row) for row in positive.itertuples()]
+    # Every positive cell's samples in one array, each tagged with its cell: one test per tile, not per tile and cell.
+    per_cell = np.array([len(s) for s in samples], dtype=int)
+    points, owner = np.concatenate([np.zeros((0, 2)), *samples]), np.repeat(np.arange(len(samples)), per_cell)
     centres = positive[["x", "y"]].to_numpy()
     labels = []
     for x, y in coords:
-        fractions = np.array([_inside(s, x, y, extent).mean() for s in samples])
+        fractions = np.bincount(owner[_inside(points, x, y, extent)], minlength=len(samples)) / per_cell
         decided = _inside(centres, x, y, extent) if min_fraction <= 0 else fractions >= min_fraction
         labels.append("positive" if decided.any() else "ambiguous" if (fractions > 0).any() else "negative")
     return labels

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from cyto_ssrl.downstream.metrics import METRIC_NAMES, binary_metrics, check_binary_labels
+from cyto_ssrl.downstream.metrics import METRIC_NAMES, binary_metrics, check_binary_labels, titled
 from cyto_ssrl.errors import CytoError
 
 TSNE_PCA_DIMS = 50
@@ -104,8 +104,8 @@ def tsne_embedding(x, y, per_class: int = 1000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": y})
 
 
-def plot_tsne(df: pd.DataFrame) -> Figure:
-    """t-SNE scatter, negatives and positives in two colours."""
+def plot_tsne(df: pd.DataFrame, subject: str = "") -> Figure:
+    """t-SNE scatter, negatives and positives in two colours; `subject` (the backbone's label) in the title."""
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
     for label, name, color in ((0, "negative", "tab:blue"), (1, "positive", "tab:red")):
@@ -113,13 +113,13 @@ def plot_tsne(df: pd.DataFrame) -> Figure:
         ax.scatter(part["x"], part["y"], s=6, alpha=0.6, color=color, label=f"{name} (n={len(part)})", linewidths=0)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
-    ax.set_title("t-SNE of embeddings")
+    ax.set_title(titled("t-SNE of embeddings", subject))
     ax.legend(markerscale=3, loc="best")
     return fig
 
 
-def plot_knn(df: pd.DataFrame) -> Figure:
-    """Weighted F1 against k on a log axis, each k ticked by its value."""
+def plot_knn(df: pd.DataFrame, subject: str = "") -> Figure:
+    """Weighted F1 against k on a log axis, each k ticked by its value; `subject` in the title."""
     fig = Figure(figsize=(5, 4), layout="constrained")
     ax = fig.subplots()
     ax.plot(df["k"], df["weighted_f1"], marker="o")
@@ -128,6 +128,6 @@ def plot_knn(df: pd.DataFrame) -> Figure:
     ax.minorticks_off()
     ax.set_xlabel("k (neighbours, log scale)")
     ax.set_ylabel("weighted F1")
-    ax.set_title("k-NN on frozen embeddings (cosine)")
+    ax.set_title(titled("k-NN on frozen embeddings (cosine)", subject))
     ax.grid(alpha=0.3)
     return fig

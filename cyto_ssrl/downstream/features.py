@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from cyto_ssrl.data.pools import pool_digest
 from cyto_ssrl.data.transforms import eval_transform
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import write_atomic
 
 LABELS = {"negative": 0, "positive": 1}
 
@@ -62,9 +63,12 @@ def eval_loader(tiles: pd.DataFrame, img_size: int, batch_size: int, num_workers
 @torch.no_grad()
 def encode(backbone: torch.nn.Module, tiles: pd.DataFrame, img_size: int, batch_size: int = 64,
            num_workers: int = 0) -> torch.Tensor:  # fmt: skip
-    """(n_tiles, n_features) features of the frozen backbone, in the order of `tiles`."""
-    backbone.eval()
-    return torch.cat([backbone(images) for images, _ in eval_loader(tiles, img_size, batch_size, num_workers)])
+    """(n_tiles, n_features) features of the frozen backbone, in the order of `tiles`, on the CPU (the probe trains
+    there; the cache is a CPU tensor). The backbone encodes on the GPU when there is one."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.eval().to(device)
+    loader = eval_loader(tiles, img_size, batch_size, num_workers)
+    return torch.cat([backbone(images.to(device)).float().cpu() for images, _ in loader])
 
 
 def feature_key(version, partition: str, tiles: pd.DataFrame, img_size: int) -> dict[str, str]:
@@ -101,7 +105,5 @@ def cached_features(key: dict[str, str], compute: Callable[[], torch.Tensor],
         log.info("feature cache %s was written for %s; recomputing", path, stored["key"])
     features = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save({"key": key, "features": features}, partial)
-    partial.replace(path)  # atomic: a killed write never leaves a file that looks complete
+    write_atomic(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
     return features

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.optim import param_groups_weight_decay
 from torch import nn
@@ -19,7 +18,7 @@ from torchvision.transforms import v2
 from cyto_ssrl.data.transforms import eval_transform
 from cyto_ssrl.downstream.features import LabelledImages, eval_loader
 from cyto_ssrl.downstream.probe import BestEpoch, EpochCallback, accuracy, positive_scores
-from cyto_ssrl.train import LoopConfig, fit, make_loader
+from cyto_ssrl.train import LoopConfig, fit, make_loader, stage_accelerator
 
 
 class Classifier(nn.Module):
@@ -50,15 +49,16 @@ def train_transform(img_size: int) -> v2.Compose:
 def predict(model: Classifier, tiles: pd.DataFrame, img_size: int, batch_size: int, num_workers: int) -> np.ndarray:
     """Probability of the positive class for each tile, in order."""
     model.eval()
+    device = next(model.parameters()).device  # where accelerator.prepare put it
     loader = eval_loader(tiles, img_size, batch_size, num_workers)
-    return np.concatenate([positive_scores(model.logits(images)) for images, _ in loader])
+    return np.concatenate([positive_scores(model.logits(images.to(device))) for images, _ in loader])
 
 
 def finetune(backbone: nn.Module, train: pd.DataFrame, val: pd.DataFrame, img_size: int, loop: LoopConfig,
              eval_batch_size: int = 64,
              on_epoch: EpochCallback | None = None) -> tuple[Classifier, BestEpoch]:  # fmt: skip
     """Train backbone and head with AdamW on `train`; returns the model of the best validation epoch."""
-    accelerator = Accelerator()
+    accelerator = stage_accelerator()  # full precision, whatever an earlier stage of this process asked for
     set_seed(loop.seed)
     model = Classifier(backbone)
     loader = make_loader(LabelledImages(train, train_transform(img_size)), loop, accelerator)

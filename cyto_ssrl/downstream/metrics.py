@@ -57,8 +57,9 @@ def confusion(y_true, y_pred) -> np.ndarray:
     return confusion_matrix(np.asarray(y_true).ravel(), np.asarray(y_pred).ravel(), labels=[0, 1])
 
 
-def plot_confusion(cm) -> Figure:
-    """Counts with row percentages, so a small positive class stays readable next to a large negative one."""
+def plot_confusion(cm, subject: str = "") -> Figure:
+    """Counts with row percentages, so a small positive class stays readable next to a large negative one.
+    `subject` (the run's name) goes into the title, so a figure seen on its own says what it shows."""
     cm = np.asarray(cm)
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.subplots()
@@ -74,12 +75,12 @@ def plot_confusion(cm) -> Figure:
     ax.set_yticks([0, 1], ["negative", "positive"])
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
-    ax.set_title("Confusion matrix")
+    ax.set_title(titled("Confusion matrix", subject))
     return fig
 
 
-def plot_roc(y_true, y_score) -> Figure:
-    """ROC curve with the chance diagonal and the AUC in the legend."""
+def plot_roc(y_true, y_score, subject: str = "") -> Figure:
+    """ROC curve with the chance diagonal and the AUC in the legend; `subject` as in plot_confusion."""
     y_true = check_binary_labels(y_true)
     fpr, tpr, _ = roc_curve(y_true, y_score)
     auc = roc_auc_score(y_true, y_score)
@@ -92,6 +93,10 @@ def plot_roc(y_true, y_score) -> Figure:
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC curve")
+    ax.set_title(titled("ROC curve", subject))
     ax.legend(loc="lower right")
     return fig
+
+
+def titled(title: str, subject: str) -> str:
+    return f"{title}\n{subject}" if subject else title

@@ -17,8 +17,9 @@ from torch.nn import functional as F
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.train import LoopConfig, lr_at
 
-# Called after every epoch with {"val_acc": ..., "train_loss": ...}: logs the curve, or reports to an Optuna trial.
+# Called after every epoch with {"train/val_acc": ..., "train/loss": ...}: logs the curve, or reports to an Optuna trial.
 EpochCallback = Callable[[int, dict[str, float]], None]
+VAL_ACC = "train/val_acc"
 # Training features: a tensor, or a function called every epoch that returns them. The function lets
 # benchmarks/probe_grid.py re-encode the images every epoch, the baseline the feature cache is timed against.
 TrainFeatures = torch.Tensor | Callable[[], torch.Tensor]
@@ -30,7 +31,7 @@ def accuracy(scores: np.ndarray, y) -> float:
 
 def positive_scores(logits: torch.Tensor) -> np.ndarray:
     """Probability of the positive class (label 1)."""
-    return torch.softmax(logits.float(), dim=1)[:, 1].numpy()
+    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
 
 
 class BestEpoch:
@@ -57,7 +58,7 @@ class BestEpoch:
             self.epoch = epoch
             self.state = copy.deepcopy(self.model.state_dict())
         if self.on_epoch is not None:
-            self.on_epoch(epoch, {"val_acc": val_acc, "train_loss": train_loss})
+            self.on_epoch(epoch, {VAL_ACC: val_acc, "train/loss": train_loss})
 
     def restore(self) -> nn.Module:
         self.model.load_state_dict(self.state)

@@ -12,6 +12,7 @@ Budgets are drawn from the `downstream` partition (train and validation); every 
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cyto_ssrl import tracking
+from cyto_ssrl import names, tracking
 from cyto_ssrl.config import flatten, preset
 from cyto_ssrl.data.pools import read_manifest
 from cyto_ssrl.downstream.analyses import (kmeans_scores, knn_sweep, plot_knn, plot_tsne, svm_separability,
@@ -39,7 +40,8 @@ from cyto_ssrl.train import LoopConfig, absolute_lr
 
 MODES = (*TRAINED_MODES, "analyses")
 # Model-version tags every downstream run carries, so results can be grouped by how the backbone was pre-trained.
-LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id", "pretrain_seed")
+LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id", "pretrain_seed", "source",
+                "baseline_for")
 
 
 @dataclass
@@ -63,7 +65,23 @@ class Setup:
     def tags(self) -> dict[str, str]:
         lineage = {key: self.version.tags[key] for key in LINEAGE_TAGS if key in self.version.tags}
         return {**lineage, "model_uri": self.model_uri, "model_name": self.version.name,
-                "model_version": self.version.version}  # fmt: skip
+                "model_version": self.version.version, "model_label": self.label}  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        """What the evaluated backbone is, e.g. mae-vit_tiny@1:100: the first part of every run name."""
+        return names.version_label(self.version.tags)
+
+    @property
+    def ratio_params(self) -> dict[str, float]:
+        """The pool's ratio as numbers, so the chart view (whose X axis takes params, not tags) can plot against
+        it; an external baseline has ratio_r 0 and no log10."""
+        r = int(self.version.tags.get("ratio_r", 0))
+        return {"ratio_r": r, "log10_ratio": round(math.log10(r), 4)} if r else {"ratio_r": 0}
+
+    def log_lineage(self) -> None:
+        """The evaluated backbone as the run's model input (the UI's Models column)."""
+        tracking.log_model_input(tracking.logged_model_id(self.version))
 
     @cached_property
     def backbone(self) -> torch.nn.Module:
@@ -177,10 +195,10 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
     blrs = {budget: base_lr(setup, mode, budget, lr) for budget in trained}
     params = {"model_uri": model_uri, "mode": mode, "budgets": ",".join(map(budget_label, budgets)),
               "resamples": resamples, "preset": preset_name, "lr": lr, "manifest": setup.manifest, "seed": seed,
-              **flatten(setup.cfg)}  # fmt: skip
-    name = f"{mode}-{setup.version.name}-v{setup.version.version}"
-    with tracking.stage_run("downstream", params, setup.tags, run_name=name) as parent:
-        tracking.set_tags({"manifest": setup.manifest})  # under `mlflow run` the manifest param may be ''
+              **setup.ratio_params, **flatten(setup.cfg)}  # fmt: skip
+    with tracking.stage_run("downstream", params, setup.tags, run_name=f"{setup.label}/{mode}") as parent:
+        tracking.set_tags({"manifest": setup.manifest})
+        setup.log_lineage()
         tracking.log_dataset(setup.downstream, setup.manifest, name="downstream", context="train")
         tracking.log_dataset(setup.evaluation, setup.manifest, name="evaluation", context="evaluation")
         for budget in trained:
@@ -211,25 +229,37 @@ def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float
               "preset": setup.preset_name, "seed": cfg.seed, "run_seed": run_seed, "blr": blr, "lr": loop.lr,
               "lr_given": lr is not None, "batch_size": loop.batch_size, "epochs": loop.epochs,
               "warmup_epochs": loop.warmup_epochs, "weight_decay": loop.weight_decay, "min_lr": loop.min_lr,
-              "n_train": len(train), "n_val": len(val), "n_eval": len(setup.evaluation)}  # fmt: skip
-    name = f"{mode}-b{budget_label(budget)}-r{resample}"
-    with tracking.stage_run("downstream", params, setup.tags, run_name=name), tempfile.TemporaryDirectory() as tmp:
+              "n_train": len(train), "n_val": len(val), "n_eval": len(setup.evaluation),
+              **setup.ratio_params}  # fmt: skip
+    name = names.budget_run(setup.label, mode, budget, resample)
+    with tracking.stage_run("downstream", params, setup.tags, run_name=name, system_metrics=mode == "finetune"), \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        setup.log_lineage()
+        draw = f"b{budget_label(budget)}-r{resample}"
+        tracking.log_dataset(train, setup.manifest, name=f"train-{draw}", context="train")
+        tracking.log_dataset(val, setup.manifest, name=f"val-{draw}", context="validation")
+        evaluation = tracking.log_dataset(setup.evaluation, setup.manifest, name="evaluation", context="evaluation")
         split = pd.concat([train.assign(split="train"), val.assign(split="val")])[["tile_id", "label", "split"]]
         tracking.log_table(split, Path(tmp) / "budget_split.csv")
-        model, best = train_on_split(setup, mode, train, val, loop, on_epoch=_log_epoch)
-        _log_evaluation(setup.evaluation["y"].to_numpy(), evaluation_scores(setup, mode, model), Path(tmp))
-        tracking.log_metrics({"best_epoch": best.epoch, "best_val_acc": best.val_acc})
+        model, best = train_on_split(setup, mode, train, val, loop, on_epoch=log_epoch)
+        scores = evaluation_scores(setup, mode, model)
+        _log_evaluation(setup, setup.evaluation["y"].to_numpy(), scores, evaluation, name)
+        tracking.log_metrics({"train/best_epoch": best.epoch, "train/best_val_acc": best.val_acc})
 
 
-def _log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    """One epoch's train/* metrics (BestEpoch's callback)."""
     tracking.log_metrics(metrics, step=epoch)
 
 
-def _log_evaluation(y: np.ndarray, scores: np.ndarray, folder: Path) -> None:
+def _log_evaluation(setup: Setup, y: np.ndarray, scores: np.ndarray, dataset, subject: str) -> None:
+    """The six metrics, filed under the evaluated backbone and the evaluation dataset too, and the confusion
+    matrix and ROC as images the chart view compares across runs."""
     metrics = binary_metrics(y, scores)
-    tracking.log_metrics({f"eval_{name}": value for name, value in metrics.items()})
-    tracking.log_figure(plot_confusion(confusion(y, scores >= 0.5)), folder / "confusion_matrix.png")
-    tracking.log_figure(plot_roc(y, scores), folder / "roc.png")
+    tracking.log_metrics({f"{names.EVAL}{name}": value for name, value in metrics.items()},
+                         model_id=tracking.logged_model_id(setup.version), dataset=dataset)  # fmt: skip
+    tracking.log_image(plot_confusion(confusion(y, scores >= 0.5), subject), "confusion_matrix")
+    tracking.log_image(plot_roc(y, scores, subject), "roc")
 
 
 def analyses_run(setup: Setup) -> None:
@@ -239,20 +269,25 @@ def analyses_run(setup: Setup) -> None:
     train_y, eval_y = setup.downstream["y"].to_numpy(), setup.evaluation["y"].to_numpy()
     params = {"model_uri": setup.model_uri, "mode": "analyses", "preset": setup.preset_name, "seed": cfg.seed,
               "knn_ks": cfg.knn_ks, "svm_folds": cfg.svm_folds, "tsne_per_class": cfg.tsne_per_class,
-              "n_train": len(train_x), "n_eval": len(eval_x)}  # fmt: skip
-    with tracking.stage_run("downstream", params, setup.tags, run_name="analyses"), \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+              "n_train": len(train_x), "n_eval": len(eval_x), **setup.ratio_params}  # fmt: skip
+    name = names.analyses_run(setup.label)
+    with tracking.stage_run("downstream", params, setup.tags, run_name=name), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        setup.log_lineage()
+        tracking.log_dataset(setup.downstream, setup.manifest, name="downstream", context="train")
+        tracking.log_dataset(setup.evaluation, setup.manifest, name="evaluation", context="evaluation")
         knn = knn_sweep(train_x, train_y, eval_x, eval_y, cfg.knn_ks)
         best = knn.loc[knn["weighted_f1"].idxmax()]
         kmeans = kmeans_scores(eval_x, eval_y, seed=cfg.seed)
         svm, folds = svm_separability(eval_x, eval_y, cfg.svm_folds, cfg.seed)
         tsne = tsne_embedding(eval_x, eval_y, cfg.tsne_per_class, cfg.seed)
-        tracking.log_metrics({"knn_best_weighted_f1": best["weighted_f1"], "knn_best_k": best["k"],
-                              **{f"kmeans_{k}": v for k, v in kmeans.items()},
-                              **{f"svm_{k}": v for k, v in svm.items()}})  # fmt: skip
+        scores = {"knn_best_weighted_f1": best["weighted_f1"], "knn_best_k": best["k"],
+                  **{f"kmeans_{k}": v for k, v in kmeans.items()}, **{f"svm_{k}": v for k, v in svm.items()}}
+        tracking.log_metrics({f"{names.REPRESENTATION}{key}": value for key, value in scores.items()})
         tracking.log_table(knn, folder / "knn.csv")
-        tracking.log_figure(plot_knn(knn), folder / "knn.png")
+        tracking.log_ui_table(knn, "knn.json")
+        tracking.log_figure(plot_knn(knn, name), folder / "knn.png")
         tracking.log_table(folds, folder / "svm_folds.csv")
+        tracking.log_ui_table(folds, "svm_folds.json")
         tracking.log_table(tsne, folder / "tsne.csv")
-        tracking.log_figure(plot_tsne(tsne), folder / "tsne.png")
+        tracking.log_figure(plot_tsne(tsne, name), folder / "tsne.png")

@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt
 import optuna
 from sqlalchemy.engine import make_url
 
-from cyto_ssrl import tracking
+from cyto_ssrl import names, tracking
 from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget
 from cyto_ssrl.downstream.config import TRAINED_MODES
+from cyto_ssrl.downstream.probe import VAL_ACC
 from cyto_ssrl.downstream.run import Setup, loop_config, prepare, train_on_split
 from cyto_ssrl.errors import CytoError
 
@@ -83,11 +84,13 @@ def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
     # params.budget must not find tuning runs.
     params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
               "n_trials": n_trials, "preset": setup.preset_name, "seed": seed, "blr_low": settings.blr_search[0],
-              "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val)}  # fmt: skip
+              "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val),
+              **setup.ratio_params}  # fmt: skip
     tags = {**setup.tags, "study_name": name, "optuna_storage": _shown(storage)}
-    run_name = f"tune-{mode}-b{budget_label(budget)}"
+    run_name = names.tune_run(setup.label, mode, budget)
     with tracking.stage_run("tune", params, tags, run_name=run_name) as parent:
-        objective = _objective(setup, mode, budget, train, val, tags)
+        _log_inputs(setup, train, val, budget)
+        objective = _objective(setup, mode, budget, train, val, tags, run_name)
         # A diverging lr (non-finite loss, CytoError) fails its trial and its run; the search goes on.
         study.optimize(objective, n_trials=n_trials, catch=(CytoError,))
         completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -97,7 +100,15 @@ def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
     return parent.info.run_id, float(study.best_params["blr"])
 
 
-def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict):
+def _log_inputs(setup: Setup, train, val, budget: float) -> None:
+    """Lineage the UI shows: the backbone searched for, and the budget draw (resample 0) it trains on."""
+    setup.log_lineage()
+    draw = f"b{budget_label(budget)}-r0"
+    tracking.log_dataset(train, setup.manifest, name=f"train-{draw}", context="train")
+    tracking.log_dataset(val, setup.manifest, name=f"val-{draw}", context="validation")
+
+
+def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict, run_name: str):
     settings = setup.cfg.training(mode)
     run_seed = budget_seed(setup.cfg.seed, budget, 0)
 
@@ -106,19 +117,21 @@ def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict):
         loop = loop_config(settings, budget, len(train), blr, None, run_seed, setup.cfg.num_workers)
         params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
                   "trial": trial.number, "blr": blr, "lr": loop.lr, "batch_size": loop.batch_size,
-                  "epochs": loop.epochs}  # fmt: skip
+                  "epochs": loop.epochs, **setup.ratio_params}  # fmt: skip
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             tracking.log_metrics(metrics, step=epoch)
-            trial.report(metrics["val_acc"], epoch)
+            trial.report(metrics[VAL_ACC], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         pruned = False
-        with tracking.stage_run("tune", params, {**tags, "trial": trial.number}, run_name=f"trial-{trial.number}"):
+        trial_tags = {**tags, "trial": trial.number}
+        with tracking.stage_run("tune", params, trial_tags, run_name=f"{run_name}/trial-{trial.number}"):
+            _log_inputs(setup, train, val, budget)
             try:
                 _, best = train_on_split(setup, mode, train, val, loop, report)
-                tracking.log_metrics({"best_val_acc": best.val_acc, "best_epoch": best.epoch})
+                tracking.log_metrics({"train/best_val_acc": best.val_acc, "train/best_epoch": best.epoch})
             except optuna.TrialPruned:
                 # A pruned trial is a finished run that stopped early, not a failure.
                 tracking.set_tags({"pruned": "true"})
@@ -132,11 +145,13 @@ def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict):
 
 def _log_study(study: optuna.Study, n_completed: int) -> None:
     best = study.best_params["blr"]
-    tracking.log_metrics({"best_blr": best, "best_val_acc": study.best_value})
+    tracking.log_metrics({"tune/best_blr": best, "tune/best_val_acc": study.best_value})
     tracking.set_tags({"best_blr": best, "best_trial": study.best_trial.number})
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        tracking.log_table(study.trials_dataframe(), Path(tmp) / "trials.csv")
+        trials = study.trials_dataframe()
+        tracking.log_table(trials, Path(tmp) / "trials.csv")
+        tracking.log_ui_table(trials.astype(str), "trials.json")
         _log_axes(optuna.visualization.matplotlib.plot_optimization_history(study), Path(tmp) / "history.png")
         if n_completed >= MIN_TRIALS_FOR_IMPORTANCE:
             _log_axes(optuna.visualization.matplotlib.plot_param_importances(study), Path(tmp) / "importance.png")

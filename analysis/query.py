@@ -9,16 +9,18 @@ from __future__ import annotations
 import pandas as pd
 
 from cyto_ssrl import names, tracking
-from cyto_ssrl.downstream.config import TRAINED_MODES  # 'analyses' runs have no budget, no eval_*
+from cyto_ssrl.downstream.config import TRAINED_MODES  # representation runs have no budget, no eval/*
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
 EXTERNAL = "external"
 # Runs that agree on these were trained on the same labelled budget draw, so their metrics pair up.
 PAIR_KEYS = ("seed", "pretrain_seed", "resample")
-# What a run must carry to be grouped: the model version's tags (on analyses runs too), and a budget draw's params.
-MODEL_TAGS = ("tags.method", "tags.backbone", "tags.ratio", "tags.ratio_r")
-REQUIRED = (*MODEL_TAGS, "params.mode", "params.budget", "params.resample")
+# What a run must carry to be grouped: the model version's tags (on representation runs too), and a budget draw's
+# params.
+MODEL_TAGS = (("tag", "method"), ("tag", "backbone"), ("tag", "ratio"), ("tag", "ratio_r"))
+REQUIRED = (*MODEL_TAGS, ("param", "mode"), ("param", "budget"), ("param", "resample"))
+FIELDS = {"tag": tracking.tag, "param": tracking.param, "metric": tracking.metric}
 COLUMNS = ("method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample", "seed", "pretrain_seed",
            "model_version", "blr", "run_id", *METRIC_NAMES)  # fmt: skip
 
@@ -28,26 +30,24 @@ def downstream_results(study_id: str) -> pd.DataFrame:
     if "'" in study_id:
         raise CytoError(f"study id {study_id!r} must not contain quotes")
     runs = tracking.find_runs("downstream", "FINISHED", study=study_id)
-    # The parent run of each downstream call and the analyses run carry no budget: they are not results.
-    runs = runs[_column(runs, "params.mode").isin(TRAINED_MODES) & _column(runs, "params.budget").notna()]
+    # The parent run of each downstream call and the representation run carry no budget: they are not results.
+    runs = runs[tracking.param(runs, "mode").isin(TRAINED_MODES) & tracking.param(runs, "budget").notna()]
     if runs.empty:
         raise CytoError(f"no finished downstream runs for study {study_id} in {tracking.store_uri()}")
     _check_complete(runs, study_id, REQUIRED)
+    tag, param = tracking.tag, tracking.param
     results = pd.DataFrame({
-        "method": runs["tags.method"],
-        "backbone": runs["tags.backbone"],
-        "ratio": runs["tags.ratio"],
-        "ratio_r": runs["tags.ratio_r"].astype(int),
-        "mode": runs["params.mode"],
-        "budget": runs["params.budget"].astype(float),
-        "resample": runs["params.resample"].astype(int),
+        **_model_columns(runs),
+        "mode": param(runs, "mode"),
+        "budget": param(runs, "budget").astype(float),
+        "resample": param(runs, "resample").astype(int),
         # run_downstream's default seed is 0; pretrain_seed is an optional tag.
-        "seed": _column(runs, "params.seed").fillna("0").astype(int),
-        "pretrain_seed": _column(runs, "tags.pretrain_seed").fillna("").astype(str),
-        "model_version": _column(runs, "tags.model_version").fillna("").astype(str),
-        "blr": _column(runs, "params.blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
+        "seed": param(runs, "seed").fillna("0").astype(int),
+        "pretrain_seed": tag(runs, "pretrain_seed").fillna("").astype(str),
+        "model_version": tag(runs, "model_version").fillna("").astype(str),
+        "blr": param(runs, "blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
         "run_id": runs["run_id"],
-        **{name: _column(runs, f"metrics.{names.EVAL}{name}").astype(float) for name in METRIC_NAMES},
+        **{name: tracking.metric(runs, f"{names.EVAL}{name}").astype(float) for name in METRIC_NAMES},
         "start_time": runs["start_time"],
     })  # fmt: skip
     # A cell evaluated twice (a rerun of the same model version on the same draw) counts once: the newest run.
@@ -56,16 +56,17 @@ def downstream_results(study_id: str) -> pd.DataFrame:
     return sort_rows(results.sort_values(["ratio_r", *PAIR_KEYS]))[list(COLUMNS)]
 
 
-def _column(runs: pd.DataFrame, name: str) -> pd.Series:
-    """A column of the search result; MLflow leaves out a param, tag or metric that no run has."""
-    return runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
+def _model_columns(runs: pd.DataFrame) -> dict[str, pd.Series]:
+    """How the evaluated backbone was made, from the model version's tags every downstream run carries."""
+    return {"method": tracking.tag(runs, "method"), "backbone": tracking.tag(runs, "backbone"),
+            "ratio": tracking.tag(runs, "ratio"), "ratio_r": tracking.tag(runs, "ratio_r").astype(int)}  # fmt: skip
 
 
-def _check_complete(runs: pd.DataFrame, study_id: str, required: tuple[str, ...]) -> None:
-    for name in required:
-        missing = runs[_column(runs, name).isna()]
+def _check_complete(runs: pd.DataFrame, study_id: str, required) -> None:
+    for kind, key in required:
+        missing = runs[FIELDS[kind](runs, key).isna()]
         if not missing.empty:
-            raise CytoError(f"{len(missing)} downstream runs of study {study_id} have no {name} (e.g. run "
+            raise CytoError(f"{len(missing)} downstream runs of study {study_id} have no {kind} {key} (e.g. run "
                             f"{missing['run_id'].iloc[0]}); the analysis needs it to group results")  # fmt: skip
 
 
@@ -99,18 +100,17 @@ def panel_rows(results: pd.DataFrame, method: str, backbone: str, mode: str) -> 
     return results[(results["method"] == method) & (results["backbone"] == backbone) & (results["mode"] == mode)]
 
 
-# The analyses run's scores of a frozen backbone (k-NN on the downstream partition, k-means and SVM on evaluation).
+# The representation run's scores of a frozen backbone (k-NN on the downstream partition, k-means and SVM on
+# evaluation).
 REPRESENTATION_METRICS = ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc")
 
 
 def representation_results(study_id: str) -> pd.DataFrame:
-    """One row per finished analyses run: method, backbone, ratio, ratio_r and REPRESENTATION_METRICS (empty if none)."""
-    runs = tracking.find_runs("downstream", "FINISHED", params={"mode": "analyses"}, study=study_id)
+    """One row per finished representation run: method, backbone, ratio, ratio_r and REPRESENTATION_METRICS (empty
+    if none)."""
+    runs = tracking.find_runs("downstream", "FINISHED", params={"mode": "representation"}, study=study_id)
     if runs.empty:
         return pd.DataFrame(columns=["method", "backbone", "ratio", "ratio_r", *REPRESENTATION_METRICS])
     _check_complete(runs, study_id, MODEL_TAGS)
-    return sort_rows(pd.DataFrame({
-        "method": runs["tags.method"], "backbone": runs["tags.backbone"], "ratio": runs["tags.ratio"],
-        "ratio_r": runs["tags.ratio_r"].astype(int),
-        **{name: _column(runs, f"metrics.{names.REPRESENTATION}{name}").astype(float) for name in REPRESENTATION_METRICS},
-    }).sort_values("ratio_r"))  # fmt: skip
+    scores = {name: tracking.metric(runs, f"{names.REPRESENTATION}{name}").astype(float) for name in REPRESENTATION_METRICS}
+    return sort_rows(pd.DataFrame({**_model_columns(runs), **scores}).sort_values("ratio_r"))

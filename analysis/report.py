@@ -18,7 +18,8 @@ from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
 
-def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, metrics=METRIC_NAMES) -> Path:
+def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, metrics=METRIC_NAMES,
+            run_id: str | None = None) -> Path:  # fmt: skip
     """Write results.csv, curves, tables, box plots, statistics and a README for `study_id` into `output_dir` and
     log them to an `analysis` run; returns `output_dir`. `ratio` is the box plots' ratio (default: smallest r)."""
     unknown = [m for m in metrics if m not in METRIC_NAMES]
@@ -29,7 +30,7 @@ def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, met
     box_ratio = _box_ratio(results, ratio, study_id)
     output = Path(output_dir)
     params = {"study": study_id, "output": output, "ratio": ratio_label(box_ratio), "metrics": ",".join(metrics)}
-    with tracking.stage_run("analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}"):
+    with tracking.stage_run("analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}", run_id=run_id):
         files = [_table(results, output / "tables" / "results.csv")]
         representation = representation_results(study_id)
         if not representation.empty:

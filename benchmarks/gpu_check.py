@@ -37,9 +37,10 @@ def check_paths(folder: Path) -> None:
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
     from cyto_ssrl.config import TILE_PRESETS
-    from cyto_ssrl.downstream.run import run_downstream
     from cyto_ssrl.methods import METHODS
-    from cyto_ssrl.stages import run_pretrain, run_tiles
+    from cyto_ssrl.stages.downstream import run_downstream
+    from cyto_ssrl.stages.pretrain import run_pretrain
+    from cyto_ssrl.stages.tiles import run_tiles
     from cyto_ssrl.tracking import find_runs
 
     start = time.perf_counter()

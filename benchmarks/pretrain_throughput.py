@@ -29,7 +29,7 @@ from cyto_ssrl.data import make_tiles
 from cyto_ssrl.data.pools import TileImages
 from cyto_ssrl.data.transforms import MultiView
 from cyto_ssrl.methods import build_method
-from cyto_ssrl.pretrain import loop_config
+from cyto_ssrl.pretrain import pretrain_loop
 from cyto_ssrl.train import make_loader, set_loader_epoch, train_one_epoch
 
 
@@ -53,7 +53,7 @@ def bare_images_per_s(method, accelerator, batch: int, img_size: int, steps: int
 def project_images_per_s(method, accelerator, paths: list[str], cfg, steps: int) -> float:
     """Times one whole epoch of `steps` batches after a warm-up epoch, as `fit` runs them: the epoch's wait for its
     first batch counts, and no batch is prefetched beyond the timed ones."""
-    loop = loop_config(cfg, accelerator.num_processes)
+    loop = pretrain_loop(cfg, accelerator.num_processes)
     dataset = TileImages(paths[: steps * loop.batch_size], MultiView(method.view_kinds, cfg.img_size))
     loader = make_loader(dataset, loop, accelerator)
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)

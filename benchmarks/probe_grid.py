@@ -34,8 +34,9 @@ from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget,
 from cyto_ssrl.downstream.features import encode
 from cyto_ssrl.downstream.metrics import METRIC_NAMES, binary_metrics
 from cyto_ssrl.downstream.probe import probe_scores, train_probe
-from cyto_ssrl.downstream.run import Setup, evaluation_scores, loop_config, prepare, train_on_split
-from cyto_ssrl.stages import run_pretrain, run_tiles
+from cyto_ssrl.downstream.setup import Setup, budget_loop, evaluation_scores, prepare, train_on_split
+from cyto_ssrl.stages.pretrain import run_pretrain
+from cyto_ssrl.stages.tiles import run_tiles
 from cyto_ssrl.train import LoopConfig
 
 # A demo cohort rich in positive cells, most of its tiles in the downstream partition: 350 balanced downstream
@@ -102,7 +103,7 @@ def probe_grid(setup: Setup, budgets, resamples: int, probe) -> tuple[np.ndarray
         for resample in range(resamples):
             train, val = draw_budget(setup.downstream, budget, resample, cfg.seed)
             seed = budget_seed(cfg.seed, budget, resample)
-            loop = loop_config(settings, budget, len(train), settings.blr, None, seed, cfg.num_workers)
+            loop = budget_loop(settings, budget, len(train), settings.blr, None, seed, cfg.num_workers)
             scores = probe(setup, train, val, loop)
             metrics.append([binary_metrics(y, scores)[name] for name in METRIC_NAMES])
     return np.array(metrics), time.perf_counter() - start

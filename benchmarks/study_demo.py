@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cyto_ssrl.study import cell_runs, load_config, run_study
+from cyto_ssrl.study.config import load_config
+from cyto_ssrl.study.launch import run_study
+from cyto_ssrl.study.ledger import cell_runs
 
 
 def timed_study(preset: str) -> float:

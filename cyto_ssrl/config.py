@@ -237,7 +237,7 @@ class StudyConfig:
     # first draw, before its downstream cells, which then train with the best blr; 0: the preset's blr.
     tune_trials: int = 0
     tune_storage: str = ""  # Optuna storage URL; "" is optuna.db beside a SQLite tracking store
-    analyses: bool = True  # k-NN, k-means, SVM and t-SNE per registered version
+    representation: bool = True  # k-NN, k-means, SVM and t-SNE of each registered version's frozen features
     # Baseline of the box plots (paper Fig. 4/5): "random" registers a randomly initialised backbone per method's
     # backbone; a path registers those local weights (e.g. ImageNet) for every method whose backbone they fit;
     # "" has no baseline.

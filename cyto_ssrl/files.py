@@ -32,3 +32,8 @@ def save_weights(module, path: str | Path) -> Path:
 
     state = {name: tensor.contiguous() for name, tensor in module.state_dict().items()}
     return write_atomic(path, lambda tmp: save_file(state, tmp))
+
+
+def write_parquet(df, path: str | Path) -> Path:
+    """A table as a Parquet file, written atomically."""
+    return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))

@@ -2,7 +2,7 @@
 
 A backbone's label says what was pre-trained on what: `mae-vit_tiny@1:100` (with `-s1` for pre-training seed 1),
 or `external-resnet50-imagenet` for a baseline from a weights file. Runs that evaluate it are named under it:
-`mae-vit_tiny@1:100/linear-b5-r1`, `analyses/mae-vit_tiny@1:100`.
+`mae-vit_tiny@1:100/linear-b5-r1`, `representation/mae-vit_tiny@1:100`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cyto_ssrl.downstream.budgets import budget_label
-
 EXTERNAL = "external"
 # Metric sections: the MLflow UI groups metrics by the part before '/'.
 EVAL = "eval/"  # scored on the evaluation partition
 REPRESENTATION = "representation/"  # k-NN, k-means and SVM on frozen features
+
+
+def budget_label(budget: float) -> str:
+    """1.0 -> '1', 0.5 -> '0.5': how a budget is written in params, names and study names."""
+    return f"{budget:g}"
 
 
 def registered_model(method: str, backbone: str) -> str:
@@ -51,5 +54,5 @@ def tune_run(label: str, mode: str, budget: float) -> str:
     return f"{label}/tune-{mode}-b{budget_label(budget)}"
 
 
-def analyses_run(label: str) -> str:
-    return f"analyses/{label}"
+def representation_run(label: str) -> str:
+    return f"representation/{label}"

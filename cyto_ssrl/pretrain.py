@@ -53,7 +53,7 @@ class PretrainJob:
         return cls(**{**data, "cfg": PretrainConfig(**data["cfg"])})
 
 
-def loop_config(cfg: PretrainConfig, num_processes: int) -> LoopConfig:
+def pretrain_loop(cfg: PretrainConfig, num_processes: int) -> LoopConfig:
     per_process = cfg.batch_size // (num_processes * cfg.grad_accum_steps)
     if per_process < 1 or per_process * num_processes * cfg.grad_accum_steps != cfg.batch_size:
         raise CytoError(f"batch_size {cfg.batch_size} does not split evenly over {num_processes} process(es) x "
@@ -74,7 +74,7 @@ def run_job(job: PretrainJob) -> None:
     method = build_method(cfg)
     pool = pd.read_parquet(job.pool_path, columns=["path"])  # paths only: no label reaches the model
     dataset = TileImages(pool["path"], MultiView(method.view_kinds, cfg.img_size))
-    loop = loop_config(cfg, accelerator.num_processes)
+    loop = pretrain_loop(cfg, accelerator.num_processes)
     loader = make_loader(dataset, loop, accelerator)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(method, cfg.weight_decay), lr=loop.lr, betas=(0.9, 0.95))
     model, optimizer = accelerator.prepare(method, optimizer)

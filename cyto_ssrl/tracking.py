@@ -66,12 +66,11 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
               run_id: str | None = None, system_metrics: bool = False):  # fmt: skip
     """Open (or continue: `run_id`) the run of one stage; FINISHED only when the body returns, FAILED on any exception.
 
-    Nested inside an active run (the study), it opens a child run. `system_metrics` samples CPU, memory, disk and
+    Nested inside an active run, it opens a child run; a study cell passes the run it created for the cell as
+    `run_id`. `system_metrics` samples CPU, memory, disk and
     GPU (MLflow's system metrics, every SYSTEM_METRICS_INTERVAL_S) while the run is open.
     """
     configure()
-    if run_id is None and _claimed:
-        run_id = _claimed.pop()
     nested = mlflow.active_run() is not None
     if not nested and run_id is None:
         _set_experiment()
@@ -87,23 +86,6 @@ def stage_run(stage: str, params: dict, tags: dict | None = None, run_name: str 
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
-
-
-# Runs the study created to claim a grid cell; the next stage_run continues the newest instead of opening one.
-_claimed: list[str] = []
-
-
-@contextlib.contextmanager
-def claimed_run(run_id: str):
-    """Within this block the next `stage_run` continues `run_id`. A block that ends without having opened it marks
-    the run FAILED, so a claimed cell is never left RUNNING."""
-    _claimed.append(run_id)
-    try:
-        yield
-    finally:
-        if run_id in _claimed:
-            _claimed.remove(run_id)
-            end_run(run_id, "FAILED")
 
 
 def _used_params(params: dict, logged: dict[str, str]) -> dict:
@@ -344,6 +326,28 @@ def find_runs(stage: str | None = None, status: str | None = None, params: dict 
     return mlflow.search_runs(search_all_experiments=True, filter_string=query)
 
 
+def tag(runs: pd.DataFrame | pd.Series, key: str):
+    """A tag of what find_runs returned: a column of a table (None where a run lacks it), or the value of one row
+    (None when it lacks it). With param() and metric(), the one place that knows how MLflow names its columns."""
+    return _field(runs, "tags", key)
+
+
+def param(runs: pd.DataFrame | pd.Series, key: str):
+    return _field(runs, "params", key)
+
+
+def metric(runs: pd.DataFrame | pd.Series, key: str):
+    return _field(runs, "metrics", key)
+
+
+def _field(runs: pd.DataFrame | pd.Series, kind: str, key: str):
+    name = f"{kind}.{key}"
+    if isinstance(runs, pd.Series):
+        value = runs.get(name)
+        return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+    return runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
+
+
 def _filter(stage: str | None, status: str | None, params: dict, tags: dict) -> str:
     tags = {"stage": stage, **tags} if stage else tags
     clauses = [f"tags.{key} = {_quoted(value)}" for key, value in tags.items()]
@@ -376,6 +380,12 @@ def set_run_tag(run_id: str, key: str, value) -> None:
 
 def end_run(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status=status)
+
+
+def fail_if_running(run_id: str) -> None:
+    """Mark `run_id` FAILED unless it has ended: a run created for work that never opened it is not left RUNNING."""
+    if MlflowClient().get_run(run_id).info.status == "RUNNING":
+        end_run(run_id, "FAILED")
 
 
 def delete_run(run_id: str) -> None:
@@ -419,12 +429,6 @@ def active_run_info():
     """(run id, experiment id) of the active run, or None."""
     run = mlflow.active_run()
     return (run.info.run_id, run.info.experiment_id) if run else None
-
-
-def pool_manifest(pool_path: str | None) -> str | None:
-    """Lineage: the tile manifest a pool was drawn from, as its pools run recorded it (None when unknown)."""
-    pools_run = find_run("pools", pool_path=str(pool_path)) if pool_path else None
-    return run_tags(pools_run).get("manifest") if pools_run else None
 
 
 # --- downstream ---

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cyto_ssrl.data.transforms import normalize_images
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.progress import progress_bar
 
 
 @dataclass
@@ -163,18 +164,13 @@ def _to_device(batch, device):
     return batch
 
 
-def _bars_off() -> bool:
-    """TQDM_DISABLE (tqdm's own switch) also silences this bar: the study shows one bar of its own."""
-    return os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-
-
 def fit(model, loader: DataLoader, optimizer, accelerator: Accelerator, cfg: LoopConfig, checkpoint_dir: Path | None,
         checkpoint_every: int = 1, resume: bool = False, after_step=None,
         on_epoch_end: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
     """Train for cfg.epochs, saving Accelerate state every `checkpoint_every` epochs; `resume` continues from it."""
     start = load_checkpoint(accelerator, checkpoint_dir) if resume else 0
-    bar = tqdm(total=(cfg.epochs - start) * len(loader), desc="training", unit="step",
-               disable=not accelerator.is_main_process or _bars_off())  # fmt: skip
+    bar = progress_bar(accelerator.is_main_process, total=(cfg.epochs - start) * len(loader), desc="training",
+                       unit="step")  # fmt: skip
     for epoch in range(start, cfg.epochs):
         set_loader_epoch(loader, epoch, cfg.seed, accelerator.process_index)
         loss = train_one_epoch(model, loader, optimizer, accelerator, epoch, cfg, after_step, bar)

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 from cyto_ssrl.cli import REQUIRED, main, param, parse_params
 from cyto_ssrl.downstream.budgets import parse_budgets
-from cyto_ssrl.downstream.run import MODES, parse_lr, run_downstream
+from cyto_ssrl.errors import CytoError
+from cyto_ssrl.stages.downstream import MODES, run_downstream
 
 
 @dataclass
@@ -17,6 +18,16 @@ class Params:
     lr: str = param("preset", "an absolute lr, 'tuned' (the best blr of a tune study), or 'preset' (its blr)", True)
     manifest: str = param("lineage", "tile manifest or tiles run id; 'lineage': the model's own", True)
     seed: int = param(0)
+
+
+def parse_lr(text: str | None) -> float | str | None:
+    """None (the preset's blr), 'tuned' (the best blr of a finished tune search), or a number: that absolute lr."""
+    if text in (None, "tuned"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CytoError(f"lr {text!r} is neither a number nor 'tuned'") from None
 
 
 def run() -> None:

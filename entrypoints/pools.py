@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from cyto_ssrl.cli import main, param, parse_params
-from cyto_ssrl.stages import run_pools
+from cyto_ssrl.stages.pools import run_pools
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from cyto_ssrl.cli import main, param, parse_params
-from cyto_ssrl.stages import run_pretrain
+from cyto_ssrl.stages.pretrain import run_pretrain
 
 PRESETS = "tiny | paper | tiny-<method> | paper-mae | paper-simclr | stegmuller-dino | ccrl-moco"
 

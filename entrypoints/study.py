@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from cyto_ssrl.cli import integer, main, param, parse_params
 from cyto_ssrl.downstream.budgets import parse_budgets
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.study import load_config, run_study
+from cyto_ssrl.study.config import load_config
+from cyto_ssrl.study.launch import run_study
 
 AXIS = "'preset': the preset's"
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from cyto_ssrl.cli import main, param, parse_balance, parse_mpp, parse_params, parse_partitions, parse_size
 from cyto_ssrl.config import CsvAnnotationConfig
-from cyto_ssrl.stages import run_tiles
+from cyto_ssrl.stages.tiles import run_tiles
 
 
 @dataclass

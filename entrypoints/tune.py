@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from cyto_ssrl.cli import REQUIRED, main, param, parse_params
 from cyto_ssrl.downstream.config import TRAINED_MODES
-from cyto_ssrl.downstream.tune import run_tune
+from cyto_ssrl.stages.tune import run_tune
 
 
 @dataclass

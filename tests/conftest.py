@@ -52,7 +52,7 @@ def private_store(folder: Path):
 def small_cohort(tmp_path_factory) -> Path:
     """The manifest of a small synthetic cohort tiled once by the real stage 1 (6 slides, 64 px tiles)."""
     from cyto_ssrl.config import SyntheticConfig
-    from cyto_ssrl.stages import run_tiles
+    from cyto_ssrl.stages.tiles import run_tiles
 
     folder = tmp_path_factory.mktemp("cohort")
     with private_store(folder):
@@ -66,7 +66,7 @@ def small_cohort(tmp_path_factory) -> Path:
 def synthetic_default(tmp_path_factory) -> tuple[str, str, Path]:
     """`mlflow run . -e tiles` with no parameters (the tiny preset's synthetic cohort), tiled once by the tracked
     stage 1 in a private store: (its tracking URI, the run id, the manifest path)."""
-    from cyto_ssrl.stages import run_tiles
+    from cyto_ssrl.stages.tiles import run_tiles
 
     folder = tmp_path_factory.mktemp("synthetic_default")
     with private_store(folder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cyto_ssrl.downstream.analyses import (
+from cyto_ssrl.downstream.representation import (
     kmeans_scores,
     knn_sweep,
     plot_knn,

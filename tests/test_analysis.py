@@ -76,10 +76,10 @@ def make_study(client: MlflowClient, experiment: str) -> None:
                         budget_run(client, experiment, "s1", method, backbone, r, mode, budget, resample)
                     if backbone == "vit_tiny":
                         budget_run(client, experiment, "s1", "external", backbone, 0, mode, budget, resample)
-    # A parent run, an analyses run and a pre-training run of s1 carry no budget results.
+    # A parent run, a representation run and a pre-training run of s1 carry no budget results.
     log_run(client, experiment, {"study": "s1", "method": "mae"}, {"mode": "linear", "budgets": "100,10"}, {})
     log_run(client, experiment, {"study": "s1", "method": "mae", "backbone": "vit_tiny", "ratio": "1:10", "ratio_r": 10},
-            {"mode": "analyses"}, {"representation/knn_best_weighted_f1": 0.8, "representation/kmeans_ami": 0.3})  # fmt: skip
+            {"mode": "representation"}, {"representation/knn_best_weighted_f1": 0.8, "representation/kmeans_ami": 0.3})  # fmt: skip
     log_run(client, experiment, {"study": "s1", "stage": "pretrain"}, {"budget": "100"}, {"eval/acc": 0.1})
     # Failed runs: one repeats a finished cell with a wild value, one is at a ratio nothing finished at.
     budget_run(client, experiment, "s1", "mae", "vit_tiny", 1, "linear", 100.0, 0, "FAILED", **{"eval/acc": 0.0})
@@ -207,11 +207,11 @@ def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_pa
     assert list(table.columns[4:]) == ["1:5"]
 
 
-def test_an_analyses_run_without_its_model_tags_is_a_one_line_error(study):
+def test_a_representation_run_without_its_model_tags_is_a_one_line_error(study):
     client = MlflowClient()
     experiment = client.search_experiments()[0].experiment_id
-    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "analyses"}, {"representation/kmeans_ami": 0.3})
-    with pytest.raises(CytoError, match="1 downstream runs of study s3 have no tags.backbone"):
+    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "representation"}, {"representation/kmeans_ami": 0.3})
+    with pytest.raises(CytoError, match="1 downstream runs of study s3 have no tag backbone"):
         representation_results("s3")
 
 

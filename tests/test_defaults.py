@@ -50,7 +50,7 @@ def test_every_entry_point_runs_with_its_defaults(store, monkeypatch, tmp_path):
     # The study's own defaults are the 10-minute demo (README command 1); a small grid under the id `demo` lets
     # analyze run with its defaults, which read study `demo`.
     preset = tmp_path / "small.json"
-    grid = micro(tiles, ratios=("1:1",), analyses=False, resamples=1, external="")
+    grid = micro(tiles, ratios=("1:1",), representation=False, resamples=1, external="")
     preset.write_text(json.dumps({k: v for k, v in vars(grid).items() if k != "output"}))
     run_entry("study", "--preset", str(preset), "--study", "demo", monkeypatch=monkeypatch)
     run_entry("analyze", monkeypatch=monkeypatch)

@@ -14,15 +14,16 @@ import torch
 from mlflow import MlflowClient
 
 from cyto_ssrl.cli import main
-from cyto_ssrl.downstream import run as downstream_run
+from cyto_ssrl.downstream import setup as downstream_setup
 from cyto_ssrl.downstream.budgets import draw_budget, parse_budgets
 from cyto_ssrl.downstream.config import PAPER_BUDGETS
 from cyto_ssrl.downstream.features import cache_path
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
-from cyto_ssrl.downstream.run import prepare, run_downstream
-from cyto_ssrl.downstream.tune import run_tune
+from cyto_ssrl.downstream.setup import prepare
+from cyto_ssrl.stages.downstream import run_downstream
+from cyto_ssrl.stages.tune import run_tune
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.stages import run_pretrain
+from cyto_ssrl.stages.pretrain import run_pretrain
 from tests.conftest import private_store
 
 EVAL_METRICS = [f"eval/{name}" for name in METRIC_NAMES]
@@ -96,7 +97,7 @@ def test_linear_probe_from_cache_equals_reencoding(model, monkeypatch):
         raise AssertionError("the cache was not used")
 
     with monkeypatch.context() as patch:
-        patch.setattr(downstream_run, "encode", no_encoding)
+        patch.setattr(downstream_setup, "encode", no_encoding)
         cached = run_downstream(model, "linear", budgets=(10,), resamples=2)
     shutil.rmtree("outputs/features")
     uncached = run_downstream(model, "linear", budgets=(10,), resamples=2, cache_features=False)
@@ -120,14 +121,14 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     parent = run_downstream(f"models:/{MODEL}@r1", "linear", budgets=(10, 5), resamples=2)
     version = MlflowClient().get_model_version(MODEL, "1")
     runs = children(parent)
-    assert sorted(runs["params.mode"]) == ["analyses"] + ["linear"] * 4
+    assert sorted(runs["params.mode"]) == ["linear"] * 4 + ["representation"]
     for key in ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id"):
         assert (runs[f"tags.{key}"] == version.tags[key]).all(), key
     assert (runs["params.model_uri"] == f"models:/{MODEL}@r1").all() and (runs["tags.model_version"] == "1").all()
     found = mlflow.search_runs(search_all_experiments=True, filter_string=(
         "tags.method = 'mae' and tags.ratio = '1:1' and params.budget = '5' and params.mode = 'linear'"))  # fmt: skip
     assert sorted(found["params.resample"]) == ["0", "1"]
-    analyses = runs[runs["params.mode"] == "analyses"].iloc[0]
+    analyses = runs[runs["params.mode"] == "representation"].iloc[0]
     for metric in ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc"):
         assert np.isfinite(analyses[f"metrics.representation/{metric}"]), metric
     artifacts = {a.path for a in MlflowClient().list_artifacts(analyses["run_id"])}
@@ -136,7 +137,7 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     # What the MLflow UI shows: names that say what was evaluated, the ratio as numbers the chart view can plot
     # against, and the model and data lineage as the run's inputs.
     names = sorted(runs["tags.mlflow.runName"])
-    assert names == ["analyses/mae-vit_tiny@1:1", *[f"mae-vit_tiny@1:1/linear-b{b}-r{r}" for b in (10, 5) for r in (0, 1)]]
+    assert names == [*[f"mae-vit_tiny@1:1/linear-b{b}-r{r}" for b in (10, 5) for r in (0, 1)], "representation/mae-vit_tiny@1:1"]
     assert mlflow.get_run(parent).data.tags["mlflow.runName"] == "mae-vit_tiny@1:1/linear"
     assert set(runs["params.ratio_r"]) == {"1"} and set(runs["params.log10_ratio"]) == {"0.0"}
     model_id = version.source.removeprefix("models:/")
@@ -216,7 +217,7 @@ def test_tune_records_the_best_lr_and_tuned_uses_it(model, store):
 def test_finetune_logs_the_six_evaluation_metrics(model):
     parent = run_downstream(model, "finetune", budgets=(10,), resamples=1)
     runs = children(parent)
-    assert list(runs["params.mode"]) == ["finetune"]  # no analyses run: those belong to frozen features
+    assert list(runs["params.mode"]) == ["finetune"]  # no representation run: it scores frozen features
     run_id = runs["run_id"].iloc[0]
     metrics = mlflow.get_run(run_id).data.metrics
     assert all(0 <= metrics[name] <= 1 for name in EVAL_METRICS)

@@ -16,7 +16,9 @@ from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_counts, pool_diges
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import create_backbone
 from cyto_ssrl.pretrain import BACKBONE_FILE
-from cyto_ssrl.stages import register_external, run_pools, run_pretrain, run_tiles
+from cyto_ssrl.stages.pools import run_pools
+from cyto_ssrl.stages.pretrain import register_external, run_pretrain
+from cyto_ssrl.stages.tiles import run_tiles
 
 FAST = dict(epochs=2, batch_size=16, num_workers=0)
 

@@ -19,12 +19,17 @@ import torch
 from mlflow import MlflowClient
 
 from analysis.query import downstream_results
-from cyto_ssrl import study as study_module
+from cyto_ssrl.study import claims, launch, runner
 from cyto_ssrl import tracking
 from cyto_ssrl.config import STUDY_PRESETS, StudyConfig
 from cyto_ssrl.downstream.budgets import budget_label
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.study import Worker, cell_runs, load_config, plan, run_study
+from cyto_ssrl.study.cells import STAGES
+from cyto_ssrl.study.config import load_config
+from cyto_ssrl.study.launch import run_study
+from cyto_ssrl.study.ledger import cell_runs
+from cyto_ssrl.study.plan import plan
+from cyto_ssrl.study.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def micro(manifest: Path, **changes) -> StudyConfig:
     """The smallest grid that still has every kind of cell: 2 ratios, MAE, an external baseline, 1 budget."""
     fields = dict(ratios=("1:1", "1:2"), methods=("mae",), modes=("linear",), budgets=(50,), resamples=2,
-                  manifest=str(manifest), pool_size=64, analyses=False, external="random",
+                  manifest=str(manifest), pool_size=64, representation=False, external="random",
                   pretrain_overrides={"epochs": 1, "batch_size": 16, "num_workers": 0})  # fmt: skip
     return StudyConfig(**{**fields, **changes})
 
@@ -125,7 +130,7 @@ def test_bad_input_is_one_line_before_any_run(store, make, message):
 
 def test_many_failed_cells_are_summed_up_in_one_short_line():
     failed = {f"downstream/pretrain/mae/1:1/s0/linear/b100/r{r}": "budget 100 % needs 31 positive tiles" for r in range(18)}
-    line = study_module._failures(failed)
+    line = launch._failures(failed)
     assert line.startswith("18 cell(s) failed here (first downstream/pretrain/mae/1:1/s0/linear/b100/r0: budget")
     assert "17 more" in line and len(line) < 200 and "\n" not in line
 
@@ -161,21 +166,20 @@ def test_a_tuned_study_trains_each_budget_with_its_searched_lr(store, manifest, 
 
 def test_workers_in_parallel_take_every_cell_exactly_once(store, manifest, monkeypatch):
     """Three workers on one grid whose cells only log a run: the claims alone keep them from doubling work."""
-    monkeypatch.setattr(study_module, "POLL_S", 0.2)
+    monkeypatch.setattr(runner, "POLL_S", 0.2)
     done: list[str] = []
 
-    def fake_work(self, cell):
-        with tracking.stage_run(cell.stage, {"cell": cell.key}):
+    def fake_work(context, cell, run_id):
+        with tracking.stage_run(cell.stage, {"cell": cell.key}, run_id=run_id):
             done.append(cell.key)
             if cell.stage in ("pretrain", "external"):
                 tracking.set_tags({"model_uri": f"models:/fake/{cell.key}"})
             time.sleep(0.05)
 
-    for stage in ("pools", "pretrain", "external", "downstream", "analysis"):
-        monkeypatch.setattr(Worker, f"_do_{stage}", fake_work)
+    fakes = {stage: fake_work for stage in STAGES}
     cfg = micro(manifest, resamples=3)
     with tracking.stage_run("study", {}, {"study": "claims"}) as parent:
-        workers = [Worker("claims", cfg, parent.info.run_id, parent.info.experiment_id) for _ in range(3)]
+        workers = [Runner("claims", cfg, parent.info.run_id, parent.info.experiment_id, stages=fakes) for _ in range(3)]
         threads = [threading.Thread(target=worker.run) for worker in workers]
         for thread in threads:
             thread.start()
@@ -191,16 +195,17 @@ def test_workers_in_parallel_take_every_cell_exactly_once(store, manifest, monke
 def test_a_dead_workers_claim_goes_stale_and_is_taken_over(store, manifest, monkeypatch):
     cfg = micro(manifest)
     with tracking.stage_run("study", {}, {"study": "stale"}) as parent:
-        worker = Worker("stale", cfg, parent.info.run_id, parent.info.experiment_id)
+        worker = Runner("stale", cfg, parent.info.run_id, parent.info.experiment_id)
         cell = worker.cells[0]  # pools/1:1/s0
         tags = {"stage": "pools", "study": "stale", "study_cell": cell.key}
         live = tracking.create_run(parent.info.experiment_id, cell.key, {**tags, "heartbeat": time.time()})
-        worker._refresh()
-        assert worker._claim(cell) is None  # a live claim is respected
+        worker.ledger.refresh()
+        ids = (parent.info.experiment_id, parent.info.run_id)
+        assert claims.claim(worker.ledger, cell, *ids) is None  # a live claim is respected
         tracking.end_run(live, "KILLED")
         dead = tracking.create_run(parent.info.experiment_id, cell.key, {**tags, "heartbeat": time.time() - 3600})
-        worker._refresh()
-        claimed = worker._claim(cell)
+        worker.ledger.refresh()
+        claimed = claims.claim(worker.ledger, cell, *ids)
     assert claimed is not None and MlflowClient().get_run(dead).info.status == "FAILED"
 
 
@@ -210,7 +215,7 @@ def test_a_killed_studys_own_run_is_marked_failed_and_a_live_one_is_left(store):
     runs = {name: tracking.create_run(experiment, name, {"stage": "study", "heartbeat": beat,
                                                          "study": "other" if name == "other study" else "s"})
             for name, beat in beats.items()}  # fmt: skip
-    study_module._fail_dead_study_runs("s")
+    claims.fail_dead_study_runs("s")
     status = {name: MlflowClient().get_run(run_id).info.status for name, run_id in runs.items()}
     assert status == {"killed": "FAILED", "live": "RUNNING", "other study": "RUNNING"}
 
@@ -220,7 +225,7 @@ def test_a_killed_studys_own_run_is_marked_failed_and_a_live_one_is_left(store):
 
 @pytest.mark.slow
 def test_study_runs_resumes_repairs_and_grows(store, manifest):
-    cfg = micro(manifest, analyses=True)
+    cfg = micro(manifest, representation=True)
     folder = run_study(cfg, "micro", "micro")
     cells = [c.key for c in plan(cfg)][:-1]
     finished = finished_cells("micro")
@@ -234,7 +239,7 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     # Names that say what each run holds: one per cell, the model's label first.
     assert finished["tags.mlflow.runName"].is_unique
     assert "mae-vit_tiny@1:2/linear-b50-r1" in set(finished["tags.mlflow.runName"])
-    assert "analyses/external-vit_tiny-random-init-64px" in set(finished["tags.mlflow.runName"])
+    assert "representation/external-vit_tiny-random-init-64px" in set(finished["tags.mlflow.runName"])
     # The study run and the experiment say where the analysis is.
     analysis_run = study_run["tags.analysis_run_id"]
     assert f"#/experiments/{study_run['experiment_id']}/runs/{analysis_run}" in study_run["tags.mlflow.note.content"]
@@ -285,13 +290,13 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
 
     # Other settings under the same id are refused, naming what differs.
     with pytest.raises(CytoError, match="pool_size was '64', now '32'"):
-        run_study(micro(manifest, analyses=True, pool_size=32), "micro")
+        run_study(micro(manifest, representation=True, pool_size=32), "micro")
 
     # A grown study (a new ratio) runs only the new cells.
-    new = new_cell_runs(lambda: run_study(micro(manifest, analyses=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro"))
+    new = new_cell_runs(lambda: run_study(micro(manifest, representation=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro"))
     assert sorted(new["key"]) == sorted(["pools/1:3/s0", "pretrain/mae/1:3/s0",
                                          "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
-                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1", "analyses/pretrain/mae/1:3/s0",
+                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1", "representation/pretrain/mae/1:3/s0",
                                          *new["key"][new["key"].str.startswith("analysis/")]])  # fmt: skip
 
 
@@ -365,7 +370,7 @@ def test_mlflow_run_study_entry_point(tmp_path, manifest, store):
     """The real `mlflow run . -e study --env-manager local` on a small preset: it finishes, the values it used stand
     beside the parameters MLflow logged as given, and its closing lines give the address of the runs table."""
     preset = tmp_path / "micro.json"
-    preset.write_text(json.dumps({k: v for k, v in vars(micro(manifest, analyses=False, resamples=1)).items()
+    preset.write_text(json.dumps({k: v for k, v in vars(micro(manifest, representation=False, resamples=1)).items()
                                   if k != "output"}))  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN") and k != "MLFLOW_EXPERIMENT_ID"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` of this environment

@@ -24,7 +24,7 @@ from cyto_ssrl.data.synthetic import write_pyramid
 from cyto_ssrl.downstream.budgets import budget_counts, draw_budget
 from cyto_ssrl.downstream.features import labelled_tiles
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.stages import run_tiles
+from cyto_ssrl.stages.tiles import run_tiles
 
 from .conftest import ROOT
 

@@ -28,6 +28,7 @@ from cyto_ssrl.data import annotations as ann
 from cyto_ssrl.data.slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, Geometry, open_slide, read_tiles, slide_mpp, tile_grid
 from cyto_ssrl.data.split import assign_partitions, balance_partitions, check_balance, check_classes
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.progress import progress_bar
 
 MANIFEST_COLUMNS = [
     "tile_id", "slide_id", "patient_id", "partition", "x", "y", "extent", "level", "source_mpp", "target_mpp",
@@ -137,7 +138,7 @@ def plan_slides(input_dir: Path, cfg: TileConfig, annotations: str | Path | None
     plans, skipped = [], []
     results = _map(_plan_job, jobs, cfg.workers)
     # closing: a strict stop cancels the slides still queued
-    with contextlib.closing(results), tqdm(total=len(jobs), desc="planning slides", unit="slide") as bar:
+    with contextlib.closing(results), progress_bar(total=len(jobs), desc="planning slides", unit="slide") as bar:
         for slide_id, (plan, reason) in zip(slides, results):
             bar.update()
             if reason is None:
@@ -313,7 +314,7 @@ def _cut_all(plan: pd.DataFrame, staging: Path, cfg: TileConfig) -> None:
     # Workers get only what they read, not the whole manifest row.
     rows = plan[["source", "source_path", "source_mpp", "level", "x", "y", "target"]]
     jobs = [(job, cfg) for _, job in rows.groupby(_job_keys(plan), sort=False)]
-    with tqdm(total=len(plan), desc="cutting tiles", unit="tile") as bar:
+    with progress_bar(total=len(plan), desc="cutting tiles", unit="tile") as bar:
         for done in _map(_cut_job, jobs, cfg.workers):
             bar.update(done)
 

@@ -10,13 +10,9 @@ import numpy as np
 import pandas as pd
 
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.names import budget_label
 
 VAL_SHARE = 5  # one in five tiles of each class validates (train:val = 4:1)
-
-
-def budget_label(budget: float) -> str:
-    """1.0 -> '1', 0.5 -> '0.5': how a budget is written in params, names and study names."""
-    return f"{budget:g}"
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:

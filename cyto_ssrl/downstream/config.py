@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The modes that train a classifier on a label budget (the third, "analyses", scores frozen features only).
+# The modes that train a classifier on a label budget (the third, "representation", scores frozen features only).
 TRAINED_MODES = ("linear", "finetune")
 PAPER_BUDGETS: tuple[float, ...] = (100, 50, 10, 5, 1)  # % of the downstream partition
 PAPER_BATCH_SIZES: dict[float, int] = {100: 512, 50: 256, 10: 64, 5: 64, 1: 32}

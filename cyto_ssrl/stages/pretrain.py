@@ -1,12 +1,9 @@
-"""Each stage of the study as one tracked MLflow run: the pure work lives in its package, the logging here.
-
-Entry points and the study call these; tests call them too.
-"""
+"""Stage 3 as a run: pre-train on a pool (in this process or through `accelerate launch`), then register the
+backbone with its ratio; or register an external backbone from a weights file as a baseline."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import socket
@@ -19,123 +16,26 @@ import torch
 from safetensors.torch import load_file
 
 from cyto_ssrl import names, tracking
-from cyto_ssrl.config import (PRETRAIN_PRESETS, TILE_PRESETS, PretrainConfig, TileConfig, flatten, preset,
-                              pretrain_preset_name)  # fmt: skip
-from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_digest, ratio_alias, ratio_label, read_manifest
-from cyto_ssrl.data.tiles import make_tiles, summarize, write_parquet_atomic
+from cyto_ssrl.config import PRETRAIN_PRESETS, PretrainConfig, flatten, preset, pretrain_preset_name
+from cyto_ssrl.data.pools import parse_ratio, pool_digest, ratio_alias, ratio_label, read_manifest
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.lineage import tiles_run
 from cyto_ssrl.methods import build_method, create_backbone
 from cyto_ssrl.pretrain import PretrainJob, load_backbone, run_job
-
-
-def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_dir: str = "outputs/tiles",
-              preset_name: str = "tiny", annotations: str | None = None, **overrides) -> tuple[str, Path]:  # fmt: skip
-    """Stage 1 as a run: returns (run id, manifest path). Overrides are TileConfig fields."""
-    cfg: TileConfig = preset(TILE_PRESETS, preset_name, **overrides)
-    output = Path(output_dir).resolve()
-    params = {"source": source, "input": input_dir, "output": output, "preset": preset_name,
-              "annotations": annotations, **flatten(cfg)}  # fmt: skip
-    with tracking.stage_run("tiles", params, run_name=f"tiles-{source}") as run:
-        manifest = make_tiles(source, input_dir, output, cfg, annotations)
-        manifest_path = output / "manifest.parquet"
-        by_partition, per_slide = summarize(manifest)
-        balance = pd.DataFrame(manifest.attrs["balance"])
-        skipped = pd.DataFrame(manifest.attrs["skipped_slides"], columns=["slide_id", "path", "reason"])
-        # summary.md: tiles per partition x label, what the 1:1 draws dropped, and every slide that gave no tile.
-        skip_lines = [f"{len(skipped)} slide(s) skipped: they gave no tile"]
-        skip_lines += [f"- {row.slide_id}: {row.reason}" for row in skipped.itertuples()]
-        sections = [by_partition.to_markdown(index=False), balance.to_markdown(index=False), "\n".join(skip_lines)]
-        (output / "summary.md").write_text("\n\n".join(sections) + "\n")
-        tracking.log_artifact(output / "summary.md")
-        tracking.log_table(by_partition, output / "summary.csv")
-        tracking.log_table(per_slide, output / "summary_per_slide.csv")
-        tracking.log_table(balance, output / "summary_balance.csv")
-        tracking.log_table(skipped, output / "skipped_slides.csv")
-        tracking.log_artifact(manifest_path)
-        counts = manifest.groupby(["partition", "label"]).size()
-        tracking.log_metrics({"n_tiles": len(manifest), "n_slides": manifest["slide_id"].nunique(),
-                              "slides_skipped": len(skipped), **{f"n_{p}_{lab}": n for (p, lab), n in counts.items()},
-                              **{f"n_{r.partition}_{k}": getattr(r, k) for r in balance.itertuples()
-                                 for k in ("kept", "dropped")}})  # fmt: skip
-        tracking.log_dataset(manifest, manifest_path, name=f"tiles-{source}", context="tiles")
-        tracking.set_tags({"manifest": manifest_path, "tiles_digest": tiles_digest(source, input_dir, annotations, cfg),
-                           "manifest_sha256": file_digest(manifest_path)})  # fmt: skip
-    return run.info.run_id, manifest_path
-
-
-def tiles_digest(source: str, input_dir, annotations, cfg: TileConfig) -> str:
-    """What a tile manifest was made from and how: equal digests, equal manifests."""
-    made_of = json.dumps([source, str(input_dir), str(annotations), flatten(cfg)], sort_keys=True, default=str)
-    return hashlib.sha256(made_of.encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def synthetic_default(seed: int = 0) -> Path:
-    """The synthetic default's manifest: the one a finished tiles run made with the same settings, when its file is
-    still the one that run wrote; else tiled now (so `pools` and `pretrain` with their defaults tile it once)."""
-    cfg = preset(TILE_PRESETS, "tiny", seed=seed)
-    run_id = tracking.find_run("tiles", tiles_digest=tiles_digest("synthetic", None, None, cfg))
-    if run_id:
-        tags = tracking.run_tags(run_id)
-        path = Path(tags["manifest"])
-        if path.is_file() and file_digest(path) == tags.get("manifest_sha256"):
-            print(f"using the synthetic default tiled by run {run_id}: {path}")
-            return path
-    return run_tiles(seed=seed)[1]
-
-
-def resolve_manifest(manifest: str | None, seed: int = 0) -> Path:
-    """A manifest path, a tiles run id (its `manifest` tag), or None: the synthetic default."""
-    if manifest is None:
-        return synthetic_default(seed)
-    if Path(manifest).suffix == ".parquet" or Path(manifest).exists():
-        return Path(manifest)
-    tags = tracking.run_tags(manifest)
-    if "manifest" not in tags:
-        raise CytoError(f"{manifest!r} is neither a manifest file nor a tiles run with a manifest")
-    return Path(tags["manifest"])
-
-
-def run_pools(manifest: str | None = None, ratio: str = "1:1", pool_size: int = 200, seed: int = 0,
-              allow_smaller_pool: bool = False, output_dir: str = "outputs/pools") -> tuple[str, Path, str]:  # fmt: skip
-    """Stage 2 as a run: returns (run id, pool path, pool digest)."""
-    r = parse_ratio(ratio)
-    params = {"manifest": manifest, "ratio": ratio_label(r), "ratio_r": r, "pool_size": pool_size, "seed": seed,
-              "allow_smaller_pool": allow_smaller_pool}  # fmt: skip
-    run_name = f"pool-{ratio_label(r)}-n{pool_size}-s{seed}"
-    with tracking.stage_run("pools", params, tags={"ratio": ratio_label(r)}, run_name=run_name) as run:
-        manifest_path = resolve_manifest(manifest, seed)
-        tiles = read_manifest(manifest_path)
-        pool = make_pool(tiles, r, pool_size, seed, allow_smaller_pool)
-        digest = pool_digest(pool)
-        path = Path(output_dir).resolve() / f"pool_1-{r}_{digest}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(pool, path)
-        counts = pool["label"].value_counts()
-        if len(pool) != pool_size:
-            print(f"allow_smaller_pool: the partition fits {len(pool)} tiles at {ratio_label(r)}, not {pool_size}")
-        tracking.log_metrics({"pool_size": len(pool), "n_positive": counts.get("positive", 0),
-                              "n_negative": counts.get("negative", 0)})  # fmt: skip
-        tracking.log_dataset(tiles, manifest_path, name="tiles", context="source")
-        tracking.log_dataset(pool, path, name=f"pool-{ratio_label(r)}", context="pool")
-        tracking.set_tags({"pool_path": path, "pool_digest": digest, "manifest": manifest_path})
-    return run.info.run_id, path, digest
+from cyto_ssrl.stages.pools import run_pools
 
 
 def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "tiny-mae", manifest: str | None = None,
                  pool: str | None = None, pool_size: int = 200, seed: int = 0, num_processes: int = 1,
                  resume: str | None = None, init: str | None = None, output_dir: str = "outputs/pretrain",
-                 continue_from: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+                 continue_from: str | None = None, run_id: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
     """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`).
 
     `resume` continues a killed run in that run; `continue_from` (a failed run's job folder) starts a new run from
     the failed one's last checkpoint, as the study does when it re-runs a pre-training cell.
     """
     if init:
-        return register_external(init, method, preset_name, seed=seed, **overrides)
+        return register_external(init, method, preset_name, seed=seed, run_id=run_id, **overrides)
     if resume:
         return _resume_pretrain(resume, num_processes)
     preset_name = pretrain_preset_name(preset_name, method)
@@ -146,7 +46,7 @@ def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "ti
               "num_processes": num_processes, **flatten(cfg)}  # fmt: skip
     tags = {"method": cfg.method, "backbone": cfg.backbone, "ratio": ratio_label(r)}
     label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
-    with tracking.stage_run("pretrain", params, tags, run_name=label, system_metrics=True) as run:
+    with tracking.stage_run("pretrain", params, tags, run_name=label, run_id=run_id, system_metrics=True) as run:
         pool_path = Path(pool) if pool else run_pools(manifest, ratio_label(r), pool_size, seed)[1]
         pool_table = read_manifest(pool_path)
         tracking.log_dataset(pool_table, pool_path, name=f"pool-{ratio_label(r)}", context="pretrain")
@@ -218,7 +118,7 @@ def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
     backbone = load_backbone(cfg, job.job_dir)
     tags = {"ratio": ratio_label(r), "ratio_r": r, "method": cfg.method, "backbone": cfg.backbone,
             "pool_digest": pool_digest(pool), "pool_size": len(pool), "epochs": cfg.epochs, "preset": preset_name,
-            "tiles_run_id": _tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
+            "tiles_run_id": tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
             "img_size": cfg.img_size, "pretrain_seed": cfg.seed}  # fmt: skip
     name = names.registered_model(cfg.method, cfg.backbone)
     label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
@@ -240,14 +140,8 @@ def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
     return f"models:/{name}/{version}"
 
 
-def _tiles_run(pool_path: str) -> str:
-    """Lineage: the tiles run whose manifest the pool was drawn from ('' when the pool came from elsewhere)."""
-    manifest = tracking.pool_manifest(pool_path)
-    return (tracking.find_run("tiles", manifest=manifest) if manifest else None) or ""
-
-
 def register_external(init: str, method: str = "mae", preset_name: str = "tiny", seed: int = 0,
-                      baseline_for: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+                      baseline_for: str | None = None, run_id: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
     """A baseline backbone from a local weights file (ImageNet, CONCH ...), registered like a pre-trained one.
 
     The backbone is the preset's for `method`, unless overridden; `baseline_for` names the methods it is the
@@ -269,7 +163,7 @@ def register_external(init: str, method: str = "mae", preset_name: str = "tiny",
     name = names.registered_model(names.EXTERNAL, cfg.backbone)
     label = names.external_label(cfg.backbone, path.name)
     run_tags = {"method": names.EXTERNAL, "ratio": names.EXTERNAL, "baseline_for": baseline_for}
-    with tracking.stage_run("pretrain", params, run_tags, run_name=label) as run:
+    with tracking.stage_run("pretrain", params, run_tags, run_name=label, run_id=run_id) as run:
         registration = tracking.Registration(
             model_name=name, alias=names.EXTERNAL, logged_name=names.logged_model_name(label), step=0,
             tags={**tags, "pretrain_run_id": run.info.run_id},

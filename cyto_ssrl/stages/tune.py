@@ -1,9 +1,8 @@
-"""Optuna search of the base learning rate of one model version, mode and budget, on validation accuracy.
+"""Stage 5 as runs: an Optuna search of the base learning rate of one model version, mode and budget, on
+validation accuracy (resample 0 of the budget; the evaluation partition is never looked at).
 
-The study lives in an Optuna RDB storage (default: `optuna.db` beside a SQLite tracking store; never the MLflow
-database itself, whose alembic table Optuna's would clash with). Each trial is a nested MLflow run opened by the
-objective; a MedianPruner stops trials whose per-epoch validation accuracy falls behind. `run_downstream(...,
-lr="tuned")` then trains with the study's best blr. The evaluation partition is never looked at.
+Each trial is a nested MLflow run opened by the objective; a MedianPruner stops trials whose per-epoch validation
+accuracy falls behind. `run_downstream(..., lr="tuned")` then trains with the search's best blr.
 """
 
 from __future__ import annotations
@@ -14,61 +13,32 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import optuna
-from sqlalchemy.engine import make_url
 
 from cyto_ssrl import names, tracking
-from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget
+from cyto_ssrl.checks import at_least, one_of
+from cyto_ssrl.downstream.budgets import budget_seed, draw_budget
 from cyto_ssrl.downstream.config import TRAINED_MODES
 from cyto_ssrl.downstream.probe import VAL_ACC
-from cyto_ssrl.downstream.run import Setup, loop_config, prepare, train_on_split
+from cyto_ssrl.downstream.setup import Setup, budget_loop, prepare, train_on_split
+from cyto_ssrl.downstream.tuning import default_storage, shown_storage, study_name
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.names import budget_label
+
 
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluator needs at least two completed trials
-
-
-def study_name(version, mode: str, budget: float) -> str:
-    """From the fixed version, not the uri: an alias may move, and `@r1` and `/3` may name the same weights."""
-    return f"models:/{version.name}/{version.version}|{mode}|budget={budget_label(budget)}"
-
-
-def default_storage() -> str:
-    """`optuna.db` in the folder of a SQLite tracking store (the working directory for a tracking server)."""
-    uri = tracking.configure()
-    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
-
-
-def tuned_blr(version, mode: str, budget: float, storage: str | None = None) -> float:
-    """The best blr of the finished study for this model version, mode and budget."""
-    storage = storage or default_storage()
-    name = study_name(version, mode, budget)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise CytoError(f"no tuning study {name!r} in {_shown(storage)}; run tune for it first") from None
-    try:
-        return float(study.best_params["blr"])
-    except ValueError:
-        raise CytoError(f"tuning study {name!r} has no completed trial") from None
-
-
-def _shown(storage: str) -> str:
-    return make_url(storage).render_as_string(hide_password=True)
 
 
 def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: int = 10,
              storage: str | None = None, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0,
              **overrides) -> tuple[str, float]:  # fmt: skip
     """Tune blr on resample 0 of `budget`; returns (parent run id, best blr). Reruns add trials to the study."""
-    if mode not in TRAINED_MODES:
-        raise CytoError(f"tune trains a classifier: mode must be one of {'|'.join(TRAINED_MODES)}, got {mode!r}")
-    if n_trials < 1:
-        raise CytoError(f"n_trials must be at least 1, got {n_trials}")
+    one_of("mode for tune (it trains a classifier)", mode, TRAINED_MODES)
+    at_least("n_trials", n_trials, 1)
     return tune_setup(prepare(model_uri, preset_name, manifest, seed, **overrides), mode, budget, n_trials, storage)
 
 
 def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
-               storage: str | None = None) -> tuple[str, float]:  # fmt: skip
+               storage: str | None = None, run_id: str | None = None) -> tuple[str, float]:  # fmt: skip
     """run_tune on a prepared setup (a study cell reuses its worker's)."""
     seed = setup.cfg.seed
     train, val = draw_budget(setup.downstream, budget, 0, seed)
@@ -86,9 +56,9 @@ def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
               "n_trials": n_trials, "preset": setup.preset_name, "seed": seed, "blr_low": settings.blr_search[0],
               "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val),
               **setup.ratio_params}  # fmt: skip
-    tags = {**setup.tags, "study_name": name, "optuna_storage": _shown(storage)}
+    tags = {**setup.tags, "study_name": name, "optuna_storage": shown_storage(storage)}
     run_name = names.tune_run(setup.label, mode, budget)
-    with tracking.stage_run("tune", params, tags, run_name=run_name) as parent:
+    with tracking.stage_run("tune", params, tags, run_name=run_name, run_id=run_id) as parent:
         _log_inputs(setup, train, val, budget)
         objective = _objective(setup, mode, budget, train, val, tags, run_name)
         # A diverging lr (non-finite loss, CytoError) fails its trial and its run; the search goes on.
@@ -114,7 +84,7 @@ def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict, r
 
     def objective(trial: optuna.Trial) -> float:
         blr = trial.suggest_float("blr", *settings.blr_search, log=True)
-        loop = loop_config(settings, budget, len(train), blr, None, run_seed, setup.cfg.num_workers)
+        loop = budget_loop(settings, budget, len(train), blr, None, run_seed, setup.cfg.num_workers)
         params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
                   "trial": trial.number, "blr": blr, "lr": loop.lr, "batch_size": loop.batch_size,
                   "epochs": loop.epochs, **setup.ratio_params}  # fmt: skip

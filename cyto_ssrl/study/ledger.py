@@ -1,0 +1,84 @@
+"""What the tracking store says about a study's cells: which are done (a FINISHED run made from the current runs of
+the cells it needs), what each finished cell produced, and which runs are stale.
+
+A finished run whose inputs were run again since (a deleted backbone trained anew, a pool re-drawn) is stale: its
+cell is to do again on the new inputs, and the stale run is deleted so no analysis reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from cyto_ssrl import tracking
+from cyto_ssrl.study.plan import Cell
+
+
+def cell_runs(study_id: str, key: str | None = None) -> pd.DataFrame:
+    """The cell runs of a study (every status but deleted), with a `key` column (their cell)."""
+    runs = tracking.find_runs(study=study_id, **({"study_cell": key} if key else {}))
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "status", "start_time", "key"])
+    keys = tracking.tag(runs, "study_cell")
+    return runs[keys.notna()].assign(key=keys[keys.notna()])
+
+
+def digest(run_ids) -> str:
+    return hashlib.sha256(" ".join(sorted(run_ids)).encode()).hexdigest()[:12]
+
+
+class Ledger:
+    """The study's cell runs as last read, and the current run of every done cell."""
+
+    def __init__(self, study_id: str, cells: list[Cell]):
+        self.study_id = study_id
+        self.cells = cells
+        self.runs = pd.DataFrame()
+        self.current: dict[str, str] = {}  # cell key -> its finished run made from the current runs of its needs
+
+    def refresh(self) -> set[str]:
+        """Read the store again; returns the keys of the done cells."""
+        self.runs = cell_runs(self.study_id)
+        self.current = {}
+        finished = self.runs[self.runs["status"] == "FINISHED"] if not self.runs.empty else self.runs
+        for i, cell in enumerate(self.cells):  # each after the cells it needs
+            if not set(cell.needs) <= self.current.keys():
+                continue
+            if cell.stage == "analysis":  # keyed by the runs it summarises: new or re-run cells, new analysis
+                cell = self.cells[i] = dataclasses.replace(cell, digest=self.inputs(cell))
+            runs = finished[(finished["key"] == cell.key) & self.made_from_current(finished, cell)]
+            if not runs.empty:
+                self.current[cell.key] = runs["run_id"].iloc[0]
+        return set(self.current)
+
+    def inputs(self, cell: Cell) -> str:
+        """The digest of the current runs of the cells `cell` needs (its run's `study_inputs` tag)."""
+        return digest(self.current[key] for key in cell.needs)
+
+    def made_from_current(self, runs: pd.DataFrame, cell: Cell) -> pd.Series:
+        """Which of `runs` were made from the current runs of `cell`'s needs (a run of an older version of this
+        project, without the tag, counts as current)."""
+        inputs = tracking.tag(runs, "study_inputs")
+        return inputs.isna() | (inputs == self.inputs(cell))
+
+    def stale(self, cell: Cell) -> list[str]:
+        """Finished runs of `cell` made from inputs that have been replaced since."""
+        runs = self.runs[(self.runs["key"] == cell.key) & (self.runs["status"] == "FINISHED")]
+        return list(runs.loc[~self.made_from_current(runs, cell), "run_id"])
+
+    def output(self, key: str, tag: str) -> str:
+        """A tag of the current run of cell `key`: what a later cell reads (manifest, pool path, model URI)."""
+        return tracking.tag(self.runs.loc[self.runs["run_id"] == self.current[key]], tag).iloc[0]
+
+    def checkpoint(self, cell: Cell) -> str | None:
+        """The job folder of the cell's newest failed run that left a checkpoint: a killed training goes on from it."""
+        runs = cell_runs(self.study_id, cell.key)  # fresh: a dead run may just have been marked FAILED
+        job_dirs = tracking.tag(runs, "job_dir")
+        failed = runs[(runs["status"] == "FAILED") & job_dirs.notna()]
+        for _, run in failed.sort_values("start_time", ascending=False).iterrows():
+            if (Path(tracking.tag(run, "job_dir")) / "epoch.json").exists():
+                return tracking.tag(run, "job_dir")
+        return None

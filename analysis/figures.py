@@ -19,8 +19,14 @@ from analysis.stats import paired
 from cyto_ssrl.data.pools import ratio_label
 from cyto_ssrl.downstream.budgets import budget_label
 
-METRIC_LABELS = {"acc": "accuracy", "sp": "specificity", "se": "sensitivity", "pr": "precision", "f1": "F1 score",
-                 "auc": "ROC AUC"}  # fmt: skip
+METRIC_LABELS = {
+    "acc": "accuracy",
+    "sp": "specificity",
+    "se": "sensitivity",
+    "pr": "precision",
+    "f1": "F1 score",
+    "auc": "ROC AUC",
+}
 MODE_LABELS = {"linear": "linear probe", "finetune": "fine-tuning"}
 RATIO_AXIS_LABEL = "pre-training pool ratio positive:negative (log scale)"
 BUDGET_AXIS_LABEL = "label budget (% of the downstream partition)"
@@ -53,12 +59,13 @@ def panel_grid(results: pd.DataFrame, heights=(1.0,)) -> tuple[Figure, dict[tupl
     modes = [mode for mode in TRAINED_MODES if any(key[2] == mode for key in keys)]
     width, height = PANEL_SIZE
     fig = Figure(figsize=(width * len(modes) + 1.5, height * sum(heights) * len(rows) + 0.8), layout="constrained")
-    axes = fig.subplots(len(rows) * len(heights), len(modes), squeeze=False,
-                        gridspec_kw={"height_ratios": list(heights) * len(rows)})  # fmt: skip
+    axes = fig.subplots(
+        len(rows) * len(heights), len(modes), squeeze=False, gridspec_kw={"height_ratios": list(heights) * len(rows)}
+    )
     cells = {}
     for i, (method, backbone) in enumerate(rows):
         for j, mode in enumerate(modes):
-            stack = list(axes[i * len(heights):(i + 1) * len(heights), j])
+            stack = list(axes[i * len(heights) : (i + 1) * len(heights), j])
             if (method, backbone, mode) in keys:
                 cells[(method, backbone, mode)] = stack
             else:
@@ -98,8 +105,15 @@ def plot_curves(results: pd.DataFrame, metric: str, study_id: str) -> Figure:
         external = panel_rows(results, EXTERNAL, backbone, mode)
         for budget in budgets:
             stats = spread(own[own["budget"] == budget], "ratio_r", metric)
-            ax.errorbar(stats.index, stats["mean"], yerr=bounded_spread(stats), color=colours[budget], marker="o",
-                        ms=4, capsize=3)  # fmt: skip
+            ax.errorbar(
+                stats.index,
+                stats["mean"],
+                yerr=bounded_spread(stats),
+                color=colours[budget],
+                marker="o",
+                ms=4,
+                capsize=3,
+            )
             baseline = external.loc[external["budget"] == budget, metric].dropna()
             if len(baseline):
                 ax.axhline(baseline.mean() * 100, color=colours[budget], ls="--", lw=1)
@@ -112,8 +126,10 @@ def plot_curves(results: pd.DataFrame, metric: str, study_id: str) -> Figure:
     if drew_external:
         handles.append(Line2D([], [], color="black", ls="--", lw=1, label="external baseline\n(colour = budget)"))
     fig.legend(handles=handles, loc="outside right center", title="label budget")
-    fig.suptitle(f"Study {study_id}: {METRIC_LABELS.get(metric, metric)} against pre-training pool imbalance\n"
-                 "mean ± std over resamplings (bars cut at 0 and 100 %)")  # fmt: skip
+    fig.suptitle(
+        f"Study {study_id}: {METRIC_LABELS.get(metric, metric)} against pre-training pool imbalance\n"
+        "mean ± std over resamplings (bars cut at 0 and 100 %)"
+    )
     return fig
 
 
@@ -141,8 +157,10 @@ def plot_boxes(results: pd.DataFrame, metric: str, ratio_r: int, study_id: str) 
             # The residual panel below shares the budget axis: label it once, at the bottom.
             stack[0].set_xlabel("")
             stack[0].tick_params(labelbottom=False)
-    handles = [Patch(facecolor=RATIO_COLOUR, alpha=0.6, label=f"pre-trained at {ratio}"),
-               Line2D([], [], color="black", marker=".", ls="", label="one resampling")]  # fmt: skip
+    handles = [
+        Patch(facecolor=RATIO_COLOUR, alpha=0.6, label=f"pre-trained at {ratio}"),
+        Line2D([], [], color="black", marker=".", ls="", label="one resampling"),
+    ]
     title = f"Study {study_id}: {METRIC_LABELS.get(metric, metric)} at {ratio} over resamplings\n"
     if has_external:
         handles[1:1] = [Patch(facecolor=EXTERNAL_COLOUR, alpha=0.6, label="external baseline")]
@@ -173,8 +191,15 @@ def _box(ax, values: pd.Series, x: float, colour: str) -> None:
     values = values.dropna() * 100
     if values.empty:
         return
-    ax.boxplot([values], positions=[x], widths=0.35, patch_artist=True, manage_ticks=False,
-               boxprops={"facecolor": colour, "alpha": 0.6}, medianprops={"color": "black"})  # fmt: skip
+    ax.boxplot(
+        [values],
+        positions=[x],
+        widths=0.35,
+        patch_artist=True,
+        manage_ticks=False,
+        boxprops={"facecolor": colour, "alpha": 0.6},
+        medianprops={"color": "black"},
+    )
     ax.plot([x] * len(values), values, ".", color="black", ms=4)
 
 
@@ -190,8 +215,9 @@ def _residual_panel(ax, own: pd.DataFrame, external: pd.DataFrame, metric: str, 
         if pairs.empty:
             continue
         residual = pairs["first"] - pairs["second"]
-        ax.errorbar(x, residual.mean(), yerr=residual.std() if len(residual) > 1 else 0, fmt="o", color="black",
-                    capsize=3)  # fmt: skip
+        ax.errorbar(
+            x, residual.mean(), yerr=residual.std() if len(residual) > 1 else 0, fmt="o", color="black", capsize=3
+        )
         # Beside the error bar, which would hide them.
         ax.plot([x + 0.15] * len(residual), residual, ".", color="black", ms=4)
         paired_any = True

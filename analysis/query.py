@@ -21,8 +21,21 @@ PAIR_KEYS = ("seed", "pretrain_seed", "resample")
 MODEL_TAGS = (("tag", "method"), ("tag", "backbone"), ("tag", "ratio"), ("tag", "ratio_r"))
 REQUIRED = (*MODEL_TAGS, ("param", "mode"), ("param", "budget"), ("param", "resample"))
 FIELDS = {"tag": tracking.tag, "param": tracking.param, "metric": tracking.metric}
-COLUMNS = ("method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample", "seed", "pretrain_seed",
-           "model_version", "blr", "run_id", *METRIC_NAMES)  # fmt: skip
+COLUMNS = (
+    "method",
+    "backbone",
+    "ratio",
+    "ratio_r",
+    "mode",
+    "budget",
+    "resample",
+    "seed",
+    "pretrain_seed",
+    "model_version",
+    "blr",
+    "run_id",
+    *METRIC_NAMES,
+)
 
 
 def downstream_results(study_id: str) -> pd.DataFrame:
@@ -36,20 +49,22 @@ def downstream_results(study_id: str) -> pd.DataFrame:
         raise CytoError(f"no finished downstream runs for study {study_id} in {tracking.store_uri()}")
     _check_complete(runs, study_id, REQUIRED)
     tag, param = tracking.tag, tracking.param
-    results = pd.DataFrame({
-        **_model_columns(runs),
-        "mode": param(runs, "mode"),
-        "budget": param(runs, "budget").astype(float),
-        "resample": param(runs, "resample").astype(int),
-        # run_downstream's default seed is 0; pretrain_seed is an optional tag.
-        "seed": param(runs, "seed").fillna("0").astype(int),
-        "pretrain_seed": tag(runs, "pretrain_seed").fillna("").astype(str),
-        "model_version": tag(runs, "model_version").fillna("").astype(str),
-        "blr": param(runs, "blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
-        "run_id": runs["run_id"],
-        **{name: tracking.metric(runs, f"{names.EVAL}{name}").astype(float) for name in METRIC_NAMES},
-        "start_time": runs["start_time"],
-    })  # fmt: skip
+    results = pd.DataFrame(
+        {
+            **_model_columns(runs),
+            "mode": param(runs, "mode"),
+            "budget": param(runs, "budget").astype(float),
+            "resample": param(runs, "resample").astype(int),
+            # run_downstream's default seed is 0; pretrain_seed is an optional tag.
+            "seed": param(runs, "seed").fillna("0").astype(int),
+            "pretrain_seed": tag(runs, "pretrain_seed").fillna("").astype(str),
+            "model_version": tag(runs, "model_version").fillna("").astype(str),
+            "blr": param(runs, "blr").astype(float),  # the preset's, or the tuned one (study tune_trials)
+            "run_id": runs["run_id"],
+            **{name: tracking.metric(runs, f"{names.EVAL}{name}").astype(float) for name in METRIC_NAMES},
+            "start_time": runs["start_time"],
+        }
+    )
     # A cell evaluated twice (a rerun of the same model version on the same draw) counts once: the newest run.
     repeated = [c for c in COLUMNS if c not in ("blr", "run_id", *METRIC_NAMES)]
     results = results.sort_values("start_time").drop_duplicates(repeated, keep="last")
@@ -58,16 +73,22 @@ def downstream_results(study_id: str) -> pd.DataFrame:
 
 def _model_columns(runs: pd.DataFrame) -> dict[str, pd.Series]:
     """How the evaluated backbone was made, from the model version's tags every downstream run carries."""
-    return {"method": tracking.tag(runs, "method"), "backbone": tracking.tag(runs, "backbone"),
-            "ratio": tracking.tag(runs, "ratio"), "ratio_r": tracking.tag(runs, "ratio_r").astype(int)}  # fmt: skip
+    return {
+        "method": tracking.tag(runs, "method"),
+        "backbone": tracking.tag(runs, "backbone"),
+        "ratio": tracking.tag(runs, "ratio"),
+        "ratio_r": tracking.tag(runs, "ratio_r").astype(int),
+    }
 
 
 def _check_complete(runs: pd.DataFrame, study_id: str, required) -> None:
     for kind, key in required:
         missing = runs[FIELDS[kind](runs, key).isna()]
         if not missing.empty:
-            raise CytoError(f"{len(missing)} downstream runs of study {study_id} have no {kind} {key} (e.g. run "
-                            f"{missing['run_id'].iloc[0]}); the analysis needs it to group results")  # fmt: skip
+            raise CytoError(
+                f"{len(missing)} downstream runs of study {study_id} have no {kind} {key} (e.g. run "
+                f"{missing['run_id'].iloc[0]}); the analysis needs it to group results"
+            )
 
 
 def pretrained(results: pd.DataFrame) -> pd.DataFrame:
@@ -112,5 +133,7 @@ def representation_results(study_id: str) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=["method", "backbone", "ratio", "ratio_r", *REPRESENTATION_METRICS])
     _check_complete(runs, study_id, MODEL_TAGS)
-    scores = {name: tracking.metric(runs, f"{names.REPRESENTATION}{name}").astype(float) for name in REPRESENTATION_METRICS}
+    scores = {
+        name: tracking.metric(runs, f"{names.REPRESENTATION}{name}").astype(float) for name in REPRESENTATION_METRICS
+    }
     return sort_rows(pd.DataFrame({**_model_columns(runs), **scores}).sort_values("ratio_r"))

@@ -18,8 +18,9 @@ from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
 
-def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, metrics=METRIC_NAMES,
-            run_id: str | None = None) -> Path:  # fmt: skip
+def analyze(
+    study_id: str, output_dir: str | Path, ratio: str | None = None, metrics=METRIC_NAMES, run_id: str | None = None
+) -> Path:
     """Write results.csv, curves, tables, box plots, statistics and a README for `study_id` into `output_dir` and
     log them to an `analysis` run; returns `output_dir`. `ratio` is the box plots' ratio (default: smallest r)."""
     unknown = [m for m in metrics if m not in METRIC_NAMES]
@@ -30,12 +31,16 @@ def analyze(study_id: str, output_dir: str | Path, ratio: str | None = None, met
     box_ratio = _box_ratio(results, ratio, study_id)
     output = Path(output_dir)
     params = {"study": study_id, "output": output, "ratio": ratio_label(box_ratio), "metrics": ",".join(metrics)}
-    with tracking.stage_run("analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}", run_id=run_id):
+    with tracking.stage_run(
+        "analysis", params, tags={"study": study_id}, run_name=f"analysis-{study_id}", run_id=run_id
+    ):
         files = [_table(results, output / "tables" / "results.csv")]
         representation = representation_results(study_id)
         if not representation.empty:
-            files += [_table(representation.round(4), output / "tables" / f"representation.{suffix}")
-                      for suffix in ("md", "csv")]  # fmt: skip
+            files += [
+                _table(representation.round(4), output / "tables" / f"representation.{suffix}")
+                for suffix in ("md", "csv")
+            ]
         for metric in metrics:
             files += _metric_outputs(results, metric, box_ratio, study_id, output)
         tracking.log_metrics(headline_metrics(results, metrics))
@@ -75,14 +80,17 @@ def headline_metrics(results: pd.DataFrame, metrics) -> dict[str, float]:
                 headline[f"p_{metric}/{key}"] = row.p_value
     return headline
 
+
 def _box_ratio(results: pd.DataFrame, ratio: str | None, study_id: str) -> int:
     present = sorted(pretrained(results)["ratio_r"].unique())
     if ratio is None:
         return present[0]
     r = parse_ratio(ratio)
     if r not in present:
-        raise CytoError(f"ratio {ratio_label(r)} has no downstream runs in study {study_id}; "
-                        f"it has {', '.join(map(ratio_label, present))}")  # fmt: skip
+        raise CytoError(
+            f"ratio {ratio_label(r)} has no downstream runs in study {study_id}; "
+            f"it has {', '.join(map(ratio_label, present))}"
+        )
     return r
 
 
@@ -104,26 +112,32 @@ def _metric_outputs(results: pd.DataFrame, metric: str, box_ratio: int, study_id
 FILE_DESCRIPTIONS = {
     "results": "every finished downstream run: one row per run, metrics as fractions (0-1)",
     "representation": "frozen features of each backbone: best k-NN weighted F1, k-means agreement with the labels "
-                      "(AMI, ARI, purity), 5-fold linear-SVM accuracy and AUC",
+    "(AMI, ARI, purity), 5-fold linear-SVM accuracy and AUC",
     "curves": "metric (%) against the pre-training ratio, one line per label budget, mean ± std over resamplings; "
-              "dashed: external baseline (paper Fig. 7)",
+    "dashed: external baseline (paper Fig. 7)",
     "table": "mean ± std (%) over resamplings, rows method x mode x budget, columns ratio (paper Tables 5/6); "
-             "the CSV holds the numbers",
+    "the CSV holds the numbers",
     "boxplot": "metric (%) per budget at one ratio beside the external baseline, residuals below (paper Fig. 4/5)",
     "stats": "drop (percentage points) from 1:1, or the smallest ratio evaluated, to each ratio; paired t-test "
-             f"over resamplings, alpha {ALPHA}; p-values are not corrected for multiple comparisons",
-}  # fmt: skip
+    f"over resamplings, alpha {ALPHA}; p-values are not corrected for multiple comparisons",
+}
 
 
 def readme_text(study_id: str, results: pd.DataFrame, box_ratio: int, metrics, files: list[Path], output: Path) -> str:
     counts = results.groupby(["method", "mode"]).size().to_dict()
-    lines = [f"# Analysis of study {study_id}", "",
-             f"{len(results)} finished downstream runs, read from the MLflow tracking store: "
-             + ", ".join(f"{method} {mode} {n}" for (method, mode), n in counts.items()) + ".",
-             f"Box plots show ratio {ratio_label(box_ratio)}. "
-             f"Metrics: {', '.join(METRIC_LABELS[m] for m in metrics)}. The headline drops (1:1 to the most "
-             "imbalanced ratio) and their p-values are also this run's metrics `drop_<metric>/...` and `p_<metric>/...`.",
-             "", "| files | content |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"# Analysis of study {study_id}",
+        "",
+        f"{len(results)} finished downstream runs, read from the MLflow tracking store: "
+        + ", ".join(f"{method} {mode} {n}" for (method, mode), n in counts.items())
+        + ".",
+        f"Box plots show ratio {ratio_label(box_ratio)}. "
+        f"Metrics: {', '.join(METRIC_LABELS[m] for m in metrics)}. The headline drops (1:1 to the most "
+        "imbalanced ratio) and their p-values are also this run's metrics `drop_<metric>/...` and `p_<metric>/...`.",
+        "",
+        "| files | content |",
+        "|---|---|",
+    ]
     for kind, description in FILE_DESCRIPTIONS.items():
         names = [path.relative_to(output).as_posix() for path in files if path.stem.split("_")[0] == kind]
         lines.append(f"| {', '.join(names)} | {description} |")

@@ -18,8 +18,21 @@ from cyto_ssrl.downstream.budgets import budget_label
 
 ALPHA = 0.05
 MIN_PAIRS = 3  # below this a t-test's p-value means nothing
-COLUMNS = ["method", "backbone", "mode", "budget", "reference", "ratio", "n_pairs", "reference_mean_pct",
-           "ratio_mean_pct", "drop_pp", "p_value", "significant", "note"]  # fmt: skip
+COLUMNS = [
+    "method",
+    "backbone",
+    "mode",
+    "budget",
+    "reference",
+    "ratio",
+    "n_pairs",
+    "reference_mean_pct",
+    "ratio_mean_pct",
+    "drop_pp",
+    "p_value",
+    "significant",
+    "note",
+]
 
 
 def paired(first: pd.DataFrame, second: pd.DataFrame, metric: str, keys=PAIR_KEYS) -> pd.DataFrame:
@@ -36,17 +49,27 @@ def paired(first: pd.DataFrame, second: pd.DataFrame, metric: str, keys=PAIR_KEY
 def drops(results: pd.DataFrame, metric: str, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per method x backbone x mode x budget and ratio r above the reference (1:1, else the smallest r)."""
     rows = []
-    for (method, backbone, mode, budget), group in pretrained(results).groupby(["method", "backbone", "mode",
-                                                                               "budget"]):  # fmt: skip
+    for (method, backbone, mode, budget), group in pretrained(results).groupby(
+        ["method", "backbone", "mode", "budget"]
+    ):
         ratios = sorted(group["ratio_r"].unique())
         reference = group[group["ratio_r"] == ratios[0]]
         for r in ratios[1:]:
             pairs = paired(reference, group[group["ratio_r"] == r], metric)
             test = paired_test(pairs["first"], pairs["second"], alpha)
             note = "; ".join(filter(None, [_reference_note(ratios[0]), test.pop("note")]))
-            rows.append({"method": method, "backbone": backbone, "mode": mode, "budget": budget,
-                         "reference": ratio_label(ratios[0]), "ratio": ratio_label(r), **test,
-                         "note": note})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "backbone": backbone,
+                    "mode": mode,
+                    "budget": budget,
+                    "reference": ratio_label(ratios[0]),
+                    "ratio": ratio_label(r),
+                    **test,
+                    "note": note,
+                }
+            )
     return sort_rows(pd.DataFrame(rows, columns=COLUMNS))
 
 
@@ -63,9 +86,15 @@ def paired_test(reference: pd.Series, other: pd.Series, alpha: float) -> dict:
             p_value = float(ttest_rel(reference, other).pvalue)
         if np.isnan(p_value):
             note = "the pairs do not differ: no p-value"
-    return {"n_pairs": n, "reference_mean_pct": reference.mean(), "ratio_mean_pct": other.mean(),
-            "drop_pp": difference.mean(), "p_value": p_value, "significant": bool(p_value < alpha),
-            "note": note}  # fmt: skip
+    return {
+        "n_pairs": n,
+        "reference_mean_pct": reference.mean(),
+        "ratio_mean_pct": other.mean(),
+        "drop_pp": difference.mean(),
+        "p_value": p_value,
+        "significant": bool(p_value < alpha),
+        "note": note,
+    }
 
 
 def _reference_note(reference_r: int) -> str:
@@ -75,6 +104,7 @@ def _reference_note(reference_r: int) -> str:
 def markdown_drops(drops: pd.DataFrame) -> pd.DataFrame:
     """Rounded for reading: means and drops to 2 decimals, p-values to 3 significant digits."""
     rounded = drops.round({"reference_mean_pct": 2, "ratio_mean_pct": 2, "drop_pp": 2})
-    rounded = rounded.assign(budget=drops["budget"].map(budget_label),
-                             p_value=[f"{p:.3g}" if pd.notna(p) else "—" for p in drops["p_value"]])  # fmt: skip
+    rounded = rounded.assign(
+        budget=drops["budget"].map(budget_label), p_value=[f"{p:.3g}" if pd.notna(p) else "—" for p in drops["p_value"]]
+    )
     return rounded.rename(columns={"budget": "budget (%)"})

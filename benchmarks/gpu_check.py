@@ -36,7 +36,7 @@ def check_paths(folder: Path) -> None:
     """Every stage on the GPU, in this process, on a private store."""
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
-    from cyto_ssrl.config import TILE_PRESETS
+    from cyto_ssrl.data.config import TILE_PRESETS
     from cyto_ssrl.methods import METHODS
     from cyto_ssrl.stages.downstream import run_downstream
     from cyto_ssrl.stages.pretrain import run_pretrain
@@ -51,8 +51,16 @@ def check_paths(folder: Path) -> None:
     uris = {}
     for method in METHODS:
         start = time.perf_counter()
-        _, uris[method] = run_pretrain(method, "1:1", "tiny", manifest=str(manifest), pool_size=128, epochs=1,
-                                       mixed_precision="bf16", num_workers=4)  # fmt: skip
+        _, uris[method] = run_pretrain(
+            method,
+            "1:1",
+            "tiny",
+            manifest=str(manifest),
+            pool_size=128,
+            epochs=1,
+            mixed_precision="bf16",
+            num_workers=4,
+        )
         print(f"pretrain {method:<7} bf16: registered {uris[method]} in {time.perf_counter() - start:.0f} s")
     for mode in ("finetune", "linear"):
         start = time.perf_counter()
@@ -61,8 +69,10 @@ def check_paths(folder: Path) -> None:
         scores = runs[[c for c in runs if c.startswith("metrics.eval/")]].iloc[0]
         if not all(math.isfinite(v) for v in scores):
             raise SystemExit(f"{mode}: non-finite evaluation metrics {scores.to_dict()}")
-        print(f"downstream {mode:<8}: acc {scores['metrics.eval/acc']:.3f}, auc {scores['metrics.eval/auc']:.3f}"
-              f" in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(
+            f"downstream {mode:<8}: acc {scores['metrics.eval/acc']:.3f}, auc {scores['metrics.eval/auc']:.3f}"
+            f" in {time.perf_counter() - start:.0f} s"
+        )
 
 
 def check_precision(device: str) -> None:
@@ -78,18 +88,28 @@ def check_speed(folder: Path, steps: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from pretrain_throughput import bare_images_per_s, project_images_per_s
 
-    from cyto_ssrl.config import PRETRAIN_PRESETS, TILE_PRESETS, SyntheticConfig, preset
-    from cyto_ssrl.data import make_tiles
+    from cyto_ssrl.config import preset
+    from cyto_ssrl.data.config import TILE_PRESETS, SyntheticConfig
+    from cyto_ssrl.data.tiles import make_tiles
     from cyto_ssrl.methods import build_method
+    from cyto_ssrl.methods.config import PRETRAIN_PRESETS
     from cyto_ssrl.train import stage_accelerator
 
-    tiles = make_tiles("synthetic", None, folder / "speed", preset(TILE_PRESETS, "tiny",
-                                                                   synthetic=SyntheticConfig(n_slides=6, compression="zlib")))  # fmt: skip
+    tiles = make_tiles(
+        "synthetic",
+        None,
+        folder / "speed",
+        preset(TILE_PRESETS, "tiny", synthetic=SyntheticConfig(n_slides=6, compression="zlib")),
+    )
     gpu = torch.cuda.get_device_properties(0)
-    print(f"\n{gpu.name}, {gpu.total_memory / 2**30:.0f} GB; bf16; {steps} timed steps; paper: 2x RTX 3090 "
-          f"({RTX_3090_GB} GB)")
-    print(f"{'preset':<14}{'batch/GPU':>10}{'bare img/s':>12}{'project img/s':>15}{'ratio':>7}{'peak GB':>9}"
-          f"{'fits a 3090':>13}")
+    print(
+        f"\n{gpu.name}, {gpu.total_memory / 2**30:.0f} GB; bf16; {steps} timed steps; paper: 2x RTX 3090 "
+        f"({RTX_3090_GB} GB)"
+    )
+    print(
+        f"{'preset':<14}{'batch/GPU':>10}{'bare img/s':>12}{'project img/s':>15}{'ratio':>7}{'peak GB':>9}"
+        f"{'fits a 3090':>13}"
+    )
     for name, batch in PAPER_PER_GPU.items():
         cfg = preset(PRETRAIN_PRESETS, name, batch_size=batch, mixed_precision="bf16")
         accelerator = stage_accelerator(mixed_precision="bf16")
@@ -98,8 +118,10 @@ def check_speed(folder: Path, steps: int) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30
         paths = list(tiles["path"]) * (1 + batch * steps // len(tiles))
         project = project_images_per_s(build_method(cfg), accelerator, paths, cfg, steps)
-        print(f"{name:<14}{batch:>10}{bare:>12.0f}{project:>15.0f}{project / bare:>7.2f}{peak:>9.1f}"
-              f"{'yes' if peak < RTX_3090_GB else 'no':>13}")
+        print(
+            f"{name:<14}{batch:>10}{bare:>12.0f}{project:>15.0f}{project / bare:>7.2f}{peak:>9.1f}"
+            f"{'yes' if peak < RTX_3090_GB else 'no':>13}"
+        )
         torch.cuda.empty_cache()
 
 

@@ -24,11 +24,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from cyto_ssrl.config import PRETRAIN_PRESETS, TILE_PRESETS, SyntheticConfig, preset
-from cyto_ssrl.data import make_tiles
+from cyto_ssrl.config import preset
+from cyto_ssrl.data.config import TILE_PRESETS, SyntheticConfig
 from cyto_ssrl.data.pools import TileImages
+from cyto_ssrl.data.tiles import make_tiles
 from cyto_ssrl.data.transforms import MultiView
 from cyto_ssrl.methods import build_method
+from cyto_ssrl.methods.config import PRETRAIN_PRESETS
 from cyto_ssrl.pretrain import pretrain_loop
 from cyto_ssrl.train import make_loader, set_loader_epoch, train_one_epoch
 
@@ -99,14 +101,15 @@ def main() -> None:
             bare, project = [], []
             for _ in range(args.repeats):
                 set_seed(0)
-                bare.append(bare_images_per_s(build_method(cfg), accelerator, cfg.batch_size, cfg.img_size,
-                                              args.steps))  # fmt: skip
+                bare.append(bare_images_per_s(build_method(cfg), accelerator, cfg.batch_size, cfg.img_size, args.steps))
                 set_seed(0)
                 project.append(project_images_per_s(build_method(cfg), accelerator, paths, cfg, args.steps))
             bare_median, project_median = statistics.median(bare), statistics.median(project)
-            print(f"{name:<16}{cfg.batch_size:>6}{cfg.img_size:>5}{bare_median:>12.1f}{project_median:>15.1f}"
-                  f"{project_median / bare_median:>7.2f}{peak_memory_mb(accelerator):>9.0f}"
-                  f"  (runs: {', '.join(f'{p / b:.2f}' for b, p in zip(bare, project))})")  # fmt: skip
+            print(
+                f"{name:<16}{cfg.batch_size:>6}{cfg.img_size:>5}{bare_median:>12.1f}{project_median:>15.1f}"
+                f"{project_median / bare_median:>7.2f}{peak_memory_mb(accelerator):>9.0f}"
+                f"  (runs: {', '.join(f'{p / b:.2f}' for b, p in zip(bare, project))})"
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cyto_ssrl.config import SyntheticConfig
+from cyto_ssrl.data.config import SyntheticConfig
 from cyto_ssrl.data.pools import read_manifest
 from cyto_ssrl.downstream.budgets import budget_label, budget_seed, draw_budget, parse_budgets
 from cyto_ssrl.downstream.features import encode
@@ -50,8 +50,9 @@ def register_backbone(folder: Path) -> tuple[str, Path]:
     _, manifest = run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=COHORT, partitions=PARTITIONS)
     # Patches of 16 px (16 per tile) keep re-encoding every epoch within minutes on a 2-core CPU; a slower
     # backbone would only widen the gap the cache makes.
-    _, uri = run_pretrain("mae", "1:1", manifest=str(manifest), pool_size=64, epochs=1, batch_size=16, patch_size=16,
-                          num_workers=0)  # fmt: skip
+    _, uri = run_pretrain(
+        "mae", "1:1", manifest=str(manifest), pool_size=64, epochs=1, batch_size=16, patch_size=16, num_workers=0
+    )
     return uri, manifest
 
 
@@ -67,8 +68,10 @@ def balanced_manifest(manifest: Path, n_tiles: int, path: Path) -> Path:
     for label in ("positive", "negative"):
         members = tiles[downstream & (tiles["label"] == label)]
         if len(members) < n_tiles // 2:
-            raise SystemExit(f"the cohort has {len(members)} {label} downstream tiles; --downstream-tiles "
-                             f"{n_tiles} needs {n_tiles // 2}")  # fmt: skip
+            raise SystemExit(
+                f"the cohort has {len(members)} {label} downstream tiles; --downstream-tiles "
+                f"{n_tiles} needs {n_tiles // 2}"
+            )
         kept.append(members.sample(n_tiles // 2, random_state=0))
     pd.concat([tiles[~downstream], *kept], ignore_index=True).to_parquet(path)
     return path
@@ -113,8 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="100,50,10,5,1", help="percentages of the downstream partition")
     parser.add_argument("--resamples", type=int, default=5, help="draws of each budget")
-    parser.add_argument("--downstream-tiles", type=int, default=350,
-                        help="balanced downstream partition; 350 is the fewest that budget 1 %% can be drawn from")
+    parser.add_argument(
+        "--downstream-tiles",
+        type=int,
+        default=350,
+        help="balanced downstream partition; 350 is the fewest that budget 1 %% can be drawn from",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest metric difference that agrees")
     args = parser.parse_args()
     budgets = parse_budgets(args.budgets)
@@ -136,14 +143,18 @@ def main() -> None:
 
     difference = float(np.abs(cached - reencoded).max())
     agree = difference <= args.tolerance
-    print(f"grid: {len(budgets)} budgets ({', '.join(map(budget_label, budgets))} % of {len(setup.downstream)} "
-          f"downstream tiles) x {args.resamples} resamples = {len(cached)} probes of "
-          f"{setup.cfg.linear.epochs} epochs; {len(setup.evaluation)} evaluation tiles")  # fmt: skip
+    print(
+        f"grid: {len(budgets)} budgets ({', '.join(map(budget_label, budgets))} % of {len(setup.downstream)} "
+        f"downstream tiles) x {args.resamples} resamples = {len(cached)} probes of "
+        f"{setup.cfg.linear.epochs} epochs; {len(setup.evaluation)} evaluation tiles"
+    )
     print(f"cached features, cache filled in this run : {cached_s:8.1f} s")
     print(f"re-encoding the training tiles every epoch : {reencoded_s:8.1f} s")
     print(f"ratio (target >= 20)                       : {reencoded_s / cached_s:8.1f}")
-    print(f"metrics agree                              : {agree} (max abs difference {difference:.2g} over "
-          f"{', '.join(METRIC_NAMES)})")  # fmt: skip
+    print(
+        f"metrics agree                              : {agree} (max abs difference {difference:.2g} over "
+        f"{', '.join(METRIC_NAMES)})"
+    )
     if not agree:
         raise SystemExit(1)
 

@@ -33,76 +33,116 @@ from pathlib import Path
 
 import numpy as np
 
-from cyto_ssrl.config import TILE_PRESETS, SyntheticConfig, preset
+from cyto_ssrl.config import preset
+from cyto_ssrl.data.config import TILE_PRESETS, SyntheticConfig
+from cyto_ssrl.data.cutting import job_keys, write_tiles
+from cyto_ssrl.data.parallel import start_worker
+from cyto_ssrl.data.slide_plan import plan_slides
 from cyto_ssrl.data.slides import open_slide, resample_region
 from cyto_ssrl.data.synthetic import generate_cohort
-from cyto_ssrl.data.tiles import _job_keys, _start_worker, plan_slides, write_tiles
 
 
 def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(dir=".", prefix=".tiling-bench-") as tmp:
+        folder = slide_folder(Path(tmp), args)
+        cfg = preset(
+            TILE_PRESETS,
+            "paper",
+            tile_size=args.tile_size,
+            target_mpp=args.target_mpp,
+            workers=args.workers,
+            default_mpp=args.mpp,
+            partitions={"ssrl": 1},
+        )
+        load = os.getloadavg()[0]
+        times = {side: [] for side in ("plan", "project", "serial", "bare", "bare_parallel", "same_work")}
+        for repeat in range(args.repeats):
+            plan, geometry = time_once(folder, Path(tmp), repeat, cfg, args.workers, times)
+    print(f"load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} cores)")
+    report(len(plan), geometry, {side: statistics.median(t) for side, t in times.items()}, times, args)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slide", help="a slide to tile (default: one generated synthetic slide)")
-    parser.add_argument("--deposit-um", type=float, default=2500,
-                        help="cell-deposit diameter of the generated slide (2500: 708 tiles; 5000: 2908 tiles, "
-                             "generated in ~40 s with 6.4 GB)")  # fmt: skip
+    parser.add_argument(
+        "--deposit-um",
+        type=float,
+        default=2500,
+        help="cell-deposit diameter of the generated "
+        "slide (2500: 708 tiles; 5000: 2908 tiles, generated in ~40 s with 6.4 GB)",
+    )
     parser.add_argument("--mpp", type=float, help="um/px when the slide has none")
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--target-mpp", type=float, default=0.293)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with tempfile.TemporaryDirectory(dir=".", prefix=".tiling-bench-") as tmp:
-        folder = Path(tmp) / "slide"
-        if args.slide:
-            folder.mkdir()
-            (folder / Path(args.slide).name).symlink_to(Path(args.slide).resolve())
-        else:
-            slide = SyntheticConfig(n_slides=1, positive_slide_fraction=0, deposit_um=args.deposit_um, mpps=(0.243,))
-            generate_cohort(folder, slide)
-        cfg = preset(TILE_PRESETS, "paper", tile_size=args.tile_size, target_mpp=args.target_mpp,
-                     workers=args.workers, default_mpp=args.mpp, partitions={"ssrl": 1})  # fmt: skip
-        load = os.getloadavg()[0]
-        plan_s, project_s, serial_s, bare_s, bare_parallel_s, same_work_s = [], [], [], [], [], []
-        for repeat in range(args.repeats):
-            plan, planning, total = project_tiling(folder, Path(tmp) / f"out{repeat}", cfg)
-            plan_s.append(planning)
-            project_s.append(total)
 
-            path, level = plan["source_path"].iloc[0], int(plan["level"].iloc[0])
-            side = round(plan["extent"].iloc[0] / open_slide(path).level_downsamples[level])
-            coords = in_job_order(plan)
-            start = time.perf_counter()
-            bare_loop((path, level, side, coords, None))
-            bare_s.append(time.perf_counter() - start)
-            # The same loop split over `workers` processes: how far this machine's cores scale at all.
-            bare_parallel_s.append(parallel_loops(path, level, side, coords, args.workers, None))
-            # The project on one worker: its cost per tile on one core, whatever the machine's scaling.
-            serial_s.append(project_tiling(folder, Path(tmp) / f"serial{repeat}", replace(cfg, workers=1))[2])
-            same_work_s.append(parallel_loops(path, level, side, coords, args.workers,
-                                              (Path(tmp) / f"same{repeat}", cfg)))  # fmt: skip
+def slide_folder(tmp: Path, args) -> Path:
+    """A folder holding the slide to tile: the given one (linked), or one generated synthetic slide."""
+    folder = tmp / "slide"
+    if args.slide:
+        folder.mkdir()
+        (folder / Path(args.slide).name).symlink_to(Path(args.slide).resolve())
+    else:
+        slide = SyntheticConfig(n_slides=1, positive_slide_fraction=0, deposit_um=args.deposit_um, mpps=(0.243,))
+        generate_cohort(folder, slide)
+    return folder
 
-    n = len(plan)
-    ratios = [b / p / args.workers for p, b in zip(project_s, bare_s)]
+
+def time_once(folder: Path, tmp: Path, repeat: int, cfg, workers: int, times: dict):
+    """One round of every side, alternating; appends each side's seconds to `times`; returns (plan, (level, side))."""
+    plan, planning, total = project_tiling(folder, tmp / f"out{repeat}", cfg)
+    times["plan"].append(planning)
+    times["project"].append(total)
+    path, level = plan["source_path"].iloc[0], int(plan["level"].iloc[0])
+    side = round(plan["extent"].iloc[0] / open_slide(path).level_downsamples[level])
+    coords = in_job_order(plan)
+    start = time.perf_counter()
+    bare_loop((path, level, side, coords, None))
+    times["bare"].append(time.perf_counter() - start)
+    # The same loop split over `workers` processes: how far this machine's cores scale at all.
+    times["bare_parallel"].append(parallel_loops(path, level, side, coords, workers, None))
+    # The project on one worker: its cost per tile on one core, whatever the machine's scaling.
+    times["serial"].append(project_tiling(folder, tmp / f"serial{repeat}", replace(cfg, workers=1))[2])
+    times["same_work"].append(parallel_loops(path, level, side, coords, workers, (tmp / f"same{repeat}", cfg)))
+    return plan, (level, side)
+
+
+def report(n: int, geometry, median: dict, times: dict, args) -> None:
+    level, side = geometry
+    ratios = [b / p / args.workers for p, b in zip(times["project"], times["bare"])]
+    same_work = n / median["same_work"]
     print(f"tiles: {n} of {args.tile_size}px at {args.target_mpp} um/px (read level {level}, {side}px regions)")
-    print(f"load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} cores)")
     print(f"medians of {args.repeats} alternating runs:")
-    print(f"bare read_region loop, 1 process : {n / statistics.median(bare_s):8.1f} tiles/s")
-    print(f"bare read_region loop, {args.workers} processes: {n / statistics.median(bare_parallel_s):8.1f} tiles/s"
-          f"  (x{statistics.median(bare_s) / statistics.median(bare_parallel_s):.2f} of 1 process)")  # fmt: skip
-    print(f"project tiling, {args.workers} workers      : {n / statistics.median(project_s):8.1f} tiles/s"
-          f"  (planning {statistics.median(plan_s):.2f} s of {statistics.median(project_s):.2f} s)")  # fmt: skip
-    print(f"project tiling, 1 worker       : {n / statistics.median(serial_s):8.1f} tiles/s"
-          f"  ({statistics.median(bare_s) / statistics.median(serial_s):.2f} of the bare loop on 1 process)")  # fmt: skip
-    print(f"ratio per worker (target >= 0.7)  : {statistics.median(ratios):8.2f}  (runs: "
-          + ", ".join(f"{r:.2f}" for r in ratios) + ")")  # fmt: skip
-    print(f"project / bare loop on {args.workers} processes : "
-          f"{statistics.median(bare_parallel_s) / statistics.median(project_s):8.2f}")  # fmt: skip
-    same_work = n / statistics.median(same_work_s)
-    print(f"bare loop + resample, encode, write, {args.workers} processes: {same_work:8.1f} tiles/s  "
-          f"(per process {same_work / args.workers / (n / statistics.median(bare_s)):.2f} of the bare loop: "
-          f"the ceiling for this per-tile work here)")  # fmt: skip
-    print(f"project / that loop             : {statistics.median(same_work_s) / statistics.median(project_s):8.2f}")
+    print(f"bare read_region loop, 1 process : {n / median['bare']:8.1f} tiles/s")
+    print(
+        f"bare read_region loop, {args.workers} processes: {n / median['bare_parallel']:8.1f} tiles/s"
+        f"  (x{median['bare'] / median['bare_parallel']:.2f} of 1 process)"
+    )
+    print(
+        f"project tiling, {args.workers} workers      : {n / median['project']:8.1f} tiles/s"
+        f"  (planning {median['plan']:.2f} s of {median['project']:.2f} s)"
+    )
+    print(
+        f"project tiling, 1 worker       : {n / median['serial']:8.1f} tiles/s"
+        f"  ({median['bare'] / median['serial']:.2f} of the bare loop on 1 process)"
+    )
+    print(
+        f"ratio per worker (target >= 0.7)  : {statistics.median(ratios):8.2f}  (runs: "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + ")"
+    )
+    print(f"project / bare loop on {args.workers} processes : {median['bare_parallel'] / median['project']:8.2f}")
+    print(
+        f"bare loop + resample, encode, write, {args.workers} processes: {same_work:8.1f} tiles/s  (per process "
+        f"{same_work / args.workers / (n / median['bare']):.2f} of the bare loop: the ceiling for this per-tile "
+        "work here)"
+    )
+    print(f"project / that loop             : {median['same_work'] / median['project']:8.2f}")
 
 
 def project_tiling(folder: Path, output: Path, cfg):
@@ -121,7 +161,7 @@ def in_job_order(plan) -> list[tuple[int, int]]:
     where the other loses: row by row across a wide slide, a 309 px row of reads spans more slide tiles than the
     cache holds, and the bare loop ran 7 % slower on a 2,908-tile slide.
     """
-    return [(x, y) for _, job in plan.groupby(_job_keys(plan), sort=False) for x, y in zip(job["x"], job["y"])]
+    return [(x, y) for _, job in plan.groupby(job_keys(plan), sort=False) for x, y in zip(job["x"], job["y"])]
 
 
 def parallel_loops(path, level: int, side: int, coords, workers: int, write) -> float:
@@ -132,7 +172,7 @@ def parallel_loops(path, level: int, side: int, coords, workers: int, write) -> 
     project's workers do (one torch thread each).
     """
     shares = [(path, level, side, share.tolist(), write) for share in np.array_split(coords, workers)]
-    with ProcessPoolExecutor(workers, initializer=_start_worker) as pool:
+    with ProcessPoolExecutor(workers, initializer=start_worker) as pool:
         start = time.perf_counter()
         list(pool.map(bare_loop, shares))
         return time.perf_counter() - start

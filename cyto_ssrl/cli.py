@@ -9,7 +9,7 @@ import math
 import os
 import sys
 
-from cyto_ssrl.config import PAPER_PARTITIONS
+from cyto_ssrl.data.config import PAPER_PARTITIONS
 from cyto_ssrl.errors import CytoError
 
 
@@ -58,8 +58,10 @@ def parse_partitions(text: str | None) -> dict[str, float] | None:
     for item in text.split(","):
         name, _, value = (part.strip() for part in item.partition("="))
         if name not in PAPER_PARTITIONS:
-            raise CytoError(f"partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
-                            f"(write e.g. ssrl=0.5,downstream=0.3,evaluation=0.2)")  # fmt: skip
+            raise CytoError(
+                f"partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
+                f"(write e.g. ssrl=0.5,downstream=0.3,evaluation=0.2)"
+            )
         try:
             shares[name] = float(value)
         except ValueError:
@@ -78,8 +80,10 @@ def parse_balance(text: str | None) -> tuple[str, ...] | None:
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     for name in names or ("",):
         if name not in PAPER_PARTITIONS:
-            raise CytoError(f"balance: partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
-                            f"(write e.g. downstream,evaluation, or none)")  # fmt: skip
+            raise CytoError(
+                f"balance: partition {name!r} is not one of {', '.join(PAPER_PARTITIONS)} "
+                f"(write e.g. downstream,evaluation, or none)"
+            )
     from cyto_ssrl.data.split import check_balance
 
     check_balance(names)
@@ -151,8 +155,13 @@ def parse_params(params_type, description: str, argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=description)
     fields = dataclasses.fields(params_type)
     for f in fields:
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=str if f.metadata["unset"] else TYPES[_kind(f)],
-                            required=f.metadata["required"], default=f.default, help=_help(f))  # fmt: skip
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=str if f.metadata["unset"] else TYPES[_kind(f)],
+            required=f.metadata["required"],
+            default=f.default,
+            help=_help(f),
+        )
     args = parser.parse_args(argv)
     values = {}
     for f in fields:

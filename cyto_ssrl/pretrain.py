@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from timm.optim import param_groups_weight_decay
 
 from cyto_ssrl import tracking
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.data.pools import TileImages
 from cyto_ssrl.data.transforms import MultiView
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.files import save_weights
 from cyto_ssrl.methods import build_method, create_backbone
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.train import LoopConfig, absolute_lr, fit, make_loader, stage_accelerator
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -48,7 +48,7 @@ class PretrainJob:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "PretrainJob":
+    def load(cls, path: str | Path) -> PretrainJob:
         data = json.loads(Path(path).read_text())
         return cls(**{**data, "cfg": PretrainConfig(**data["cfg"])})
 
@@ -56,20 +56,32 @@ class PretrainJob:
 def pretrain_loop(cfg: PretrainConfig, num_processes: int) -> LoopConfig:
     per_process = cfg.batch_size // (num_processes * cfg.grad_accum_steps)
     if per_process < 1 or per_process * num_processes * cfg.grad_accum_steps != cfg.batch_size:
-        raise CytoError(f"batch_size {cfg.batch_size} does not split evenly over {num_processes} process(es) x "
-                        f"{cfg.grad_accum_steps} accumulation step(s)")  # fmt: skip
+        raise CytoError(
+            f"batch_size {cfg.batch_size} does not split evenly over {num_processes} process(es) x "
+            f"{cfg.grad_accum_steps} accumulation step(s)"
+        )
     lr = absolute_lr(cfg.blr, cfg.lr, cfg.batch_size)
-    return LoopConfig(epochs=cfg.epochs, batch_size=per_process, lr=lr, min_lr=cfg.min_lr,
-                      warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay,
-                      grad_accum_steps=cfg.grad_accum_steps, num_workers=cfg.num_workers, seed=cfg.seed)  # fmt: skip
+    return LoopConfig(
+        epochs=cfg.epochs,
+        batch_size=per_process,
+        lr=lr,
+        min_lr=cfg.min_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        grad_accum_steps=cfg.grad_accum_steps,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+    )
 
 
 def run_job(job: PretrainJob) -> None:
     cfg = job.cfg
     # Unused parameters are normal here (e.g. a ViT's cls token under MAE); DDP must not wait for their grads.
-    accelerator = stage_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
-                                    mixed_precision=cfg.mixed_precision,
-                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # fmt: skip
+    accelerator = stage_accelerator(
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        mixed_precision=cfg.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     set_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg)
     pool = pd.read_parquet(job.pool_path, columns=["path"])  # paths only: no label reaches the model
@@ -84,11 +96,22 @@ def run_job(job: PretrainJob) -> None:
 
     def on_epoch_end(epoch: int, loss: float) -> None:
         if accelerator.is_main_process:
-            tracking.log_metrics({"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"]}, step=epoch,
-                                 run_id=job.run_id)  # fmt: skip
+            tracking.log_metrics(
+                {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"]}, step=epoch, run_id=job.run_id
+            )
 
-    fit(model, loader, optimizer, accelerator, loop, Path(job.job_dir), cfg.checkpoint_every, job.resume,
-        after_step, on_epoch_end)  # fmt: skip
+    fit(
+        model,
+        loader,
+        optimizer,
+        accelerator,
+        loop,
+        Path(job.job_dir),
+        cfg.checkpoint_every,
+        job.resume,
+        after_step,
+        on_epoch_end,
+    )
     if accelerator.is_main_process:
         save_weights(accelerator.unwrap_model(model).backbone, Path(job.job_dir) / BACKBONE_FILE)
     accelerator.wait_for_everyone()

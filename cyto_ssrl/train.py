@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -65,8 +65,14 @@ def lr_at(epoch: float, cfg: LoopConfig) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_loader(dataset: Dataset, cfg: LoopConfig, accelerator: Accelerator, shuffle: bool = True, drop_last: bool = True,
-                collate_fn=None) -> DataLoader:  # fmt: skip
+def make_loader(
+    dataset: Dataset,
+    cfg: LoopConfig,
+    accelerator: Accelerator,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    collate_fn=None,
+) -> DataLoader:
     """A loader whose order and augmentations depend only on (seed, epoch), so a resumed run sees the same data.
 
     Each process reads its own shard (`_SeededSampler`, a DistributedSampler); `set_loader_epoch` moves it on.
@@ -74,18 +80,33 @@ def make_loader(dataset: Dataset, cfg: LoopConfig, accelerator: Accelerator, shu
     costs tens of ms per epoch plus copy-on-write page faults in the trainer (see benchmarks/pretrain_throughput.py).
     Persistent workers keep their RNG between epochs, so every sample is augmented under its own seed instead.
     """
-    sampler = _SeededSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                             shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)  # fmt: skip
+    sampler = _SeededSampler(
+        dataset,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        shuffle=shuffle,
+        seed=cfg.seed,
+        drop_last=drop_last,
+    )
     if len(dataset) // accelerator.num_processes < cfg.batch_size and drop_last:
-        raise CytoError(f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} on each of "
-                        f"{accelerator.num_processes} process(es); lower batch_size")  # fmt: skip
+        raise CytoError(
+            f"{len(dataset)} images cannot fill one batch of {cfg.batch_size} on each of "
+            f"{accelerator.num_processes} process(es); lower batch_size"
+        )
     # On a CPU device the workers share cores with the model's intra-op threads; a preempted thread stalls the
     # whole parallel op, so there the workers only take CPU the model leaves idle.
     worker_init_fn = _lower_priority if accelerator.device.type == "cpu" else None
-    return DataLoader(_SeededDataset(dataset), batch_size=cfg.batch_size, sampler=sampler,
-                      num_workers=cfg.num_workers, drop_last=drop_last, generator=torch.Generator(),
-                      collate_fn=collate_fn, persistent_workers=cfg.num_workers > 0,
-                      worker_init_fn=worker_init_fn)  # fmt: skip
+    return DataLoader(
+        _SeededDataset(dataset),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator(),
+        collate_fn=collate_fn,
+        persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=worker_init_fn,
+    )
 
 
 class _SeededSampler(DistributedSampler):
@@ -126,8 +147,16 @@ def set_loader_epoch(loader: DataLoader, epoch: int, seed: int, rank: int) -> No
     loader.generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def train_one_epoch(model, loader: DataLoader, optimizer, accelerator: Accelerator, epoch: int, cfg: LoopConfig,
-                    after_step: Callable[[int, int], None] | None = None, bar: tqdm | None = None) -> float:  # fmt: skip
+def train_one_epoch(
+    model,
+    loader: DataLoader,
+    optimizer,
+    accelerator: Accelerator,
+    epoch: int,
+    cfg: LoopConfig,
+    after_step: Callable[[int, int], None] | None = None,
+    bar: tqdm | None = None,
+) -> float:
     """One pass over `loader`; returns the loss averaged over steps and processes."""
     model.train()
     steps_per_epoch = len(loader)
@@ -164,13 +193,23 @@ def _to_device(batch, device):
     return batch
 
 
-def fit(model, loader: DataLoader, optimizer, accelerator: Accelerator, cfg: LoopConfig, checkpoint_dir: Path | None,
-        checkpoint_every: int = 1, resume: bool = False, after_step=None,
-        on_epoch_end: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+def fit(
+    model,
+    loader: DataLoader,
+    optimizer,
+    accelerator: Accelerator,
+    cfg: LoopConfig,
+    checkpoint_dir: Path | None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    after_step=None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> None:
     """Train for cfg.epochs, saving Accelerate state every `checkpoint_every` epochs; `resume` continues from it."""
     start = load_checkpoint(accelerator, checkpoint_dir) if resume else 0
-    bar = progress_bar(accelerator.is_main_process, total=(cfg.epochs - start) * len(loader), desc="training",
-                       unit="step")  # fmt: skip
+    bar = progress_bar(
+        accelerator.is_main_process, total=(cfg.epochs - start) * len(loader), desc="training", unit="step"
+    )
     for epoch in range(start, cfg.epochs):
         set_loader_epoch(loader, epoch, cfg.seed, accelerator.process_index)
         loss = train_one_epoch(model, loader, optimizer, accelerator, epoch, cfg, after_step, bar)

@@ -32,8 +32,9 @@ def parse_lr(text: str | None) -> float | str | None:
 
 def run() -> None:
     p = parse_params(Params, __doc__)
-    run_id = run_downstream(p.model_uri, p.mode, parse_budgets(p.budgets), p.resamples, p.preset, parse_lr(p.lr),
-                            p.manifest, p.seed)  # fmt: skip
+    run_id = run_downstream(
+        p.model_uri, p.mode, parse_budgets(p.budgets), p.resamples, p.preset, parse_lr(p.lr), p.manifest, p.seed
+    )
     print(f"downstream run {run_id}: {p.mode} of {p.model_uri}")
 
 

@@ -8,7 +8,9 @@ from cyto_ssrl.stages.pools import run_pools
 
 @dataclass
 class Params:
-    manifest: str = param("synthetic", "manifest.parquet or a tiles run id; 'synthetic' tiles the synthetic cohort", True)
+    manifest: str = param(
+        "synthetic", "manifest.parquet or a tiles run id; 'synthetic' tiles the synthetic cohort", True
+    )
     ratio: str = param("1:1", "positive:negative as 1:r, e.g. 1:100")
     pool_size: int = param(200, "tiles in the pool")
     seed: int = param(0)

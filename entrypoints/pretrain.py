@@ -30,8 +30,20 @@ class Params:
 def run() -> None:
     p = parse_params(Params, __doc__)
     run_id, uri = run_pretrain(
-        p.method, p.ratio, p.preset, p.manifest, p.pool, p.pool_size, p.seed, p.num_processes, p.resume, p.init,
-        backbone=p.backbone, epochs=p.epochs, batch_size=p.batch_size, mask_ratio=p.mask_ratio,
+        p.method,
+        p.ratio,
+        p.preset,
+        p.manifest,
+        p.pool,
+        p.pool_size,
+        p.seed,
+        p.num_processes,
+        p.resume,
+        p.init,
+        backbone=p.backbone,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        mask_ratio=p.mask_ratio,
         mixed_precision=p.mixed_precision,
     )
     print(f"pretrain run {run_id}: registered {uri}")

@@ -20,9 +20,21 @@ def run() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve workers on other machines")
     parser.add_argument("--port", default="5000")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.backend_store_uri,
-               "--artifacts-destination", os.path.abspath(args.artifacts), "--serve-artifacts",
-               "--host", args.host, "--port", args.port]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        args.backend_store_uri,
+        "--artifacts-destination",
+        os.path.abspath(args.artifacts),
+        "--serve-artifacts",
+        "--host",
+        args.host,
+        "--port",
+        args.port,
+    ]
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"tracking server on http://{args.host}:{args.port}; workers set MLFLOW_TRACKING_URI to it", flush=True)
     os.execv(sys.executable, command)

@@ -24,8 +24,12 @@ class Params:
     modes: str = param("preset", f"linear,finetune; {AXIS}", True)
     budgets: str = param("preset", f"label budgets in %, e.g. 100,50,10,5,1; {AXIS}", True)
     resamples: int = param("preset", f"budget draws per budget; {AXIS}", True)
-    tune_trials: int = param("preset", "Optuna trials of the downstream lr per version x mode x budget (a setting of "
-                             "the study, not an axis: a new study id)", True)  # fmt: skip
+    tune_trials: int = param(
+        "preset",
+        "Optuna trials of the downstream lr per version x mode x budget (a setting of "
+        "the study, not an axis: a new study id)",
+        True,
+    )
 
 
 def listed(text: str | None, kind=str) -> tuple | None:
@@ -40,9 +44,16 @@ def listed(text: str | None, kind=str) -> tuple | None:
 
 def run() -> None:
     p = parse_params(Params, __doc__)
-    cfg = load_config(p.preset, ratios=listed(p.ratios), methods=listed(p.methods), seeds=listed(p.seeds, integer),
-                      modes=listed(p.modes), budgets=parse_budgets(p.budgets) if p.budgets else None,
-                      resamples=p.resamples, tune_trials=p.tune_trials)  # fmt: skip
+    cfg = load_config(
+        p.preset,
+        ratios=listed(p.ratios),
+        methods=listed(p.methods),
+        seeds=listed(p.seeds, integer),
+        modes=listed(p.modes),
+        budgets=parse_budgets(p.budgets) if p.budgets else None,
+        resamples=p.resamples,
+        tune_trials=p.tune_trials,
+    )
     study_id = p.study or p.preset.removesuffix(".json").rpartition("/")[2]
     run_study(cfg, study_id, p.preset, p.workers)  # its closing lines say where to look
 

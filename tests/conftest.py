@@ -51,7 +51,7 @@ def private_store(folder: Path):
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
     """The manifest of a small synthetic cohort tiled once by the real stage 1 (6 slides, 64 px tiles)."""
-    from cyto_ssrl.config import SyntheticConfig
+    from cyto_ssrl.data.config import SyntheticConfig
     from cyto_ssrl.stages.tiles import run_tiles
 
     folder = tmp_path_factory.mktemp("cohort")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.downstream.representation import (
     kmeans_scores,
     knn_sweep,
@@ -13,7 +14,6 @@ from cyto_ssrl.downstream.representation import (
     svm_separability,
     tsne_embedding,
 )
-from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
 
 

@@ -22,12 +22,12 @@ from scipy.stats import ttest_rel
 from analysis.figures import bounded_spread, plot_boxes, spread
 from analysis.query import downstream_results, representation_results
 from analysis.report import analyze
-from entrypoints.analyze import run
 from analysis.stats import drops
 from analysis.tables import markdown_table, numeric_table, summary
 from cyto_ssrl.cli import main
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.errors import CytoError
+from entrypoints.analyze import run
 
 METHODS = {"mae": "vit_tiny", "simclr": "resnet18"}  # only vit_tiny has an external baseline
 MODES = ("linear", "finetune")
@@ -49,18 +49,29 @@ def values(metric: str, method: str, mode: str, budget: float, r: int) -> np.nda
     return np.array([metric_value(metric, method, mode, budget, r, resample) for resample in RESAMPLES])
 
 
-def log_run(client: MlflowClient, experiment: str, tags: dict, params: dict, metrics: dict,
-            status: str = "FINISHED") -> None:  # fmt: skip
+def log_run(
+    client: MlflowClient, experiment: str, tags: dict, params: dict, metrics: dict, status: str = "FINISHED"
+) -> None:
     run_id = client.create_run(experiment, tags={"stage": "downstream", **tags}).info.run_id
-    client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()])  # fmt: skip
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
     client.set_terminated(run_id, status)
 
 
 def budget_run(client, experiment, study, method, backbone, r, mode, budget, resample, status="FINISHED", **metrics):
     ratio = "external" if r == 0 else f"1:{r}"
-    tags = {"study": study, "method": method, "backbone": backbone, "ratio": ratio, "ratio_r": r,
-            "model_name": f"cyto-{method}-{backbone}", "model_version": "1"}  # fmt: skip
+    tags = {
+        "study": study,
+        "method": method,
+        "backbone": backbone,
+        "ratio": ratio,
+        "ratio_r": r,
+        "model_name": f"cyto-{method}-{backbone}",
+        "model_version": "1",
+    }
     params = {"mode": mode, "budget": f"{budget:g}", "resample": resample, "seed": 0}
     metrics = metrics or {f"eval/{m}": metric_value(m, method, mode, budget, r, resample) for m in METRIC_NAMES}
     log_run(client, experiment, tags, params, metrics, status)
@@ -78,8 +89,13 @@ def make_study(client: MlflowClient, experiment: str) -> None:
                         budget_run(client, experiment, "s1", "external", backbone, 0, mode, budget, resample)
     # A parent run, a representation run and a pre-training run of s1 carry no budget results.
     log_run(client, experiment, {"study": "s1", "method": "mae"}, {"mode": "linear", "budgets": "100,10"}, {})
-    log_run(client, experiment, {"study": "s1", "method": "mae", "backbone": "vit_tiny", "ratio": "1:10", "ratio_r": 10},
-            {"mode": "representation"}, {"representation/knn_best_weighted_f1": 0.8, "representation/kmeans_ami": 0.3})  # fmt: skip
+    log_run(
+        client,
+        experiment,
+        {"study": "s1", "method": "mae", "backbone": "vit_tiny", "ratio": "1:10", "ratio_r": 10},
+        {"mode": "representation"},
+        {"representation/knn_best_weighted_f1": 0.8, "representation/kmeans_ami": 0.3},
+    )
     log_run(client, experiment, {"study": "s1", "stage": "pretrain"}, {"budget": "100"}, {"eval/acc": 0.1})
     # Failed runs: one repeats a finished cell with a wild value, one is at a ratio nothing finished at.
     budget_run(client, experiment, "s1", "mae", "vit_tiny", 1, "linear", 100.0, 0, "FAILED", **{"eval/acc": 0.0})
@@ -118,8 +134,20 @@ def study(store, study_db) -> str:
 def test_results_are_one_tidy_row_per_finished_budget_run_of_the_study(study):
     results = downstream_results("s1")
     assert len(results) == 2 * 2 * 2 * 3 * 3 + 2 * 2 * 3  # pre-trained runs + the external baseline's
-    assert list(results.columns[:12]) == ["method", "backbone", "ratio", "ratio_r", "mode", "budget", "resample",
-                                          "seed", "pretrain_seed", "model_version", "blr", "run_id"]  # fmt: skip
+    assert list(results.columns[:12]) == [
+        "method",
+        "backbone",
+        "ratio",
+        "ratio_r",
+        "mode",
+        "budget",
+        "resample",
+        "seed",
+        "pretrain_seed",
+        "model_version",
+        "blr",
+        "run_id",
+    ]
     assert set(results["ratio_r"]) == {0, 1, 10, 100}
     assert set(results["budget"]) == set(BUDGETS) and results["resample"].dtype.kind == "i"
     first = results.iloc[0]
@@ -131,7 +159,11 @@ def test_table_cells_are_mean_and_std_over_resamplings_in_percent(study):
     table = markdown_table(summary(downstream_results("s1"), "acc"))
     assert list(table.columns) == ["method", "backbone", "mode", "budget (%)", "1:1", "1:10", "1:100", "external"]
     assert table[["method", "mode", "budget (%)"]].values.tolist()[:4] == [
-        ["mae", "linear", "100"], ["mae", "linear", "10"], ["mae", "finetune", "100"], ["mae", "finetune", "10"]]
+        ["mae", "linear", "100"],
+        ["mae", "linear", "10"],
+        ["mae", "finetune", "100"],
+        ["mae", "finetune", "10"],
+    ]
     row = table[(table["method"] == "mae") & (table["mode"] == "finetune") & (table["budget (%)"] == "10")].iloc[0]
     for column, method, r in (("1:10", "mae", 10), ("external", "external", 0)):
         expected = values("acc", method, "finetune", 10.0, r) * 100
@@ -146,8 +178,12 @@ def test_table_cells_are_mean_and_std_over_resamplings_in_percent(study):
 def test_drop_from_balanced_pool_and_p_value_match_a_paired_t_test(study):
     stats = drops(downstream_results("s1"), "f1")
     assert len(stats) == 2 * 2 * 2 * 2  # method x mode x budget x (1:10, 1:100)
-    row = stats[(stats["method"] == "simclr") & (stats["mode"] == "linear") & (stats["budget"] == 10)
-                & (stats["ratio"] == "1:100")].iloc[0]  # fmt: skip
+    row = stats[
+        (stats["method"] == "simclr")
+        & (stats["mode"] == "linear")
+        & (stats["budget"] == 10)
+        & (stats["ratio"] == "1:100")
+    ].iloc[0]
     balanced, imbalanced = values("f1", "simclr", "linear", 10.0, 1), values("f1", "simclr", "linear", 10.0, 100)
     p_value = ttest_rel(balanced, imbalanced).pvalue
     assert row["reference"] == "1:1" and row["n_pairs"] == 3
@@ -169,30 +205,60 @@ def test_analyze_writes_every_output_and_logs_it_to_one_analysis_run(study, tmp_
     metrics = ("acc", "auc")  # two of the six keep the test fast; each metric's outputs come from one function
     output = analyze("s1", tmp_path / "out", ratio="1:10", metrics=metrics)
     written = sorted(path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file())
-    per_metric = [f"{folder}/{kind}_{m}{suffix}" for m in metrics for folder, kind, suffix in
-                  (("figures", "curves", ".png"), ("tables", "table", ".md"), ("tables", "table", ".csv"),
-                   ("stats", "stats", ".md"), ("stats", "stats", ".csv"))]  # fmt: skip
+    per_metric = [
+        f"{folder}/{kind}_{m}{suffix}"
+        for m in metrics
+        for folder, kind, suffix in (
+            ("figures", "curves", ".png"),
+            ("tables", "table", ".md"),
+            ("tables", "table", ".csv"),
+            ("stats", "stats", ".md"),
+            ("stats", "stats", ".csv"),
+        )
+    ]
     boxes = [f"figures/boxplot_{m}_1-10.png" for m in metrics]
-    assert written == sorted(["tables/results.csv", "tables/representation.md", "tables/representation.csv", "README.md",
-                              *per_metric, *boxes])  # fmt: skip
+    assert written == sorted(
+        [
+            "tables/results.csv",
+            "tables/representation.md",
+            "tables/representation.csv",
+            "README.md",
+            *per_metric,
+            *boxes,
+        ]
+    )
     representation = pd.read_csv(output / "tables" / "representation.csv")
     assert representation[["method", "ratio", "knn_best_weighted_f1", "kmeans_ami"]].values.tolist() == [
-        ["mae", "1:10", 0.8, 0.3]]  # fmt: skip
+        ["mae", "1:10", 0.8, 0.3]
+    ]
     assert all((output / name).stat().st_size > 0 for name in written)
     [analysis] = analysis_runs()
     assert analysis.info.status == "FINISHED" and analysis.data.tags["study"] == "s1"
     assert analysis.data.params["ratio"] == "1:10" and analysis.data.params["study"] == "s1"
-    logged = sorted(a.path for folder in ("", "figures", "tables", "stats")
-                    for a in MlflowClient().list_artifacts(analysis.info.run_id, folder or None) if not a.is_dir)  # fmt: skip
-    ui_tables = [f"{folder}/{name}.json" for folder, name in [("tables", "representation"), *[
-        (folder, f"{kind}_{m}") for m in metrics for folder, kind in (("tables", "table"), ("stats", "stats"))]]]
+    logged = sorted(
+        a.path
+        for folder in ("", "figures", "tables", "stats")
+        for a in MlflowClient().list_artifacts(analysis.info.run_id, folder or None)
+        if not a.is_dir
+    )
+    ui_tables = [
+        f"{folder}/{name}.json"
+        for folder, name in [
+            ("tables", "representation"),
+            *[(folder, f"{kind}_{m}") for m in metrics for folder, kind in (("tables", "table"), ("stats", "stats"))],
+        ]
+    ]
     assert logged == sorted([*written, *ui_tables])  # the Markdown tables also as tables the UI renders
     readme = (output / "README.md").read_text()
     assert "84 finished downstream runs" in readme and "figures/curves_acc.png, figures/curves_auc.png" in readme
     # Headline numbers as metrics: the drop from 1:1 to 1:100 per method x mode x budget, and its p-value.
     stats = drops(downstream_results("s1"), "acc")
-    row = stats[(stats["method"] == "simclr") & (stats["mode"] == "linear") & (stats["budget"] == 10)
-                & (stats["ratio"] == "1:100")].iloc[0]  # fmt: skip
+    row = stats[
+        (stats["method"] == "simclr")
+        & (stats["mode"] == "linear")
+        & (stats["budget"] == 10)
+        & (stats["ratio"] == "1:100")
+    ].iloc[0]
     key = "simclr-resnet18-linear-b10"
     assert analysis.data.metrics[f"drop_acc/{key}"] == pytest.approx(row["drop_pp"])
     assert analysis.data.metrics[f"p_acc/{key}"] == pytest.approx(row["p_value"])
@@ -210,7 +276,13 @@ def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_pa
 def test_a_representation_run_without_its_model_tags_is_a_one_line_error(study):
     client = MlflowClient()
     experiment = client.search_experiments()[0].experiment_id
-    log_run(client, experiment, {"study": "s3", "method": "mae"}, {"mode": "representation"}, {"representation/kmeans_ami": 0.3})
+    log_run(
+        client,
+        experiment,
+        {"study": "s3", "method": "mae"},
+        {"mode": "representation"},
+        {"representation/kmeans_ami": 0.3},
+    )
     with pytest.raises(CytoError, match="1 downstream runs of study s3 have no tag backbone"):
         representation_results("s3")
 

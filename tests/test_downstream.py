@@ -20,10 +20,10 @@ from cyto_ssrl.downstream.config import PAPER_BUDGETS
 from cyto_ssrl.downstream.features import cache_path
 from cyto_ssrl.downstream.metrics import METRIC_NAMES
 from cyto_ssrl.downstream.setup import prepare
-from cyto_ssrl.stages.downstream import run_downstream
-from cyto_ssrl.stages.tune import run_tune
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.stages.downstream import run_downstream
 from cyto_ssrl.stages.pretrain import run_pretrain
+from cyto_ssrl.stages.tune import run_tune
 from tests.conftest import private_store
 
 EVAL_METRICS = [f"eval/{name}" for name in METRIC_NAMES]
@@ -35,8 +35,10 @@ def tiles_table(n_pos: int, n_neg: int) -> pd.DataFrame:
     return pd.DataFrame({"tile_id": ids, "y": [1] * n_pos + [0] * n_neg})
 
 
-@pytest.mark.parametrize("budget, n_train, n_val", [(100, 32_000, 8_000), (50, 16_000, 4_000), (10, 3_200, 800),
-                                                    (5, 1_600, 400), (1, 320, 80), (0.5, 160, 40)])  # fmt: skip
+@pytest.mark.parametrize(
+    "budget, n_train, n_val",
+    [(100, 32_000, 8_000), (50, 16_000, 4_000), (10, 3_200, 800), (5, 1_600, 400), (1, 320, 80), (0.5, 160, 40)],
+)
 def test_budgets_have_exact_counts_balanced_in_train_and_val(budget, n_train, n_val):
     tiles = tiles_table(20_000, 20_000)  # the paper's downstream partition: 40,000 tiles
     train, val = draw_budget(tiles, budget, resample=0, seed=0)
@@ -66,8 +68,9 @@ def registered(tmp_path_factory, small_cohort):
     """One tiny MAE backbone pre-trained by the real stages on a synthetic cohort, in a store every test copies."""
     folder = tmp_path_factory.mktemp("backbone")
     with private_store(folder):
-        _, uri = run_pretrain("mae", "1:1", manifest=str(small_cohort), pool_size=64, epochs=1, batch_size=16,
-                              num_workers=0)  # fmt: skip
+        _, uri = run_pretrain(
+            "mae", "1:1", manifest=str(small_cohort), pool_size=64, epochs=1, batch_size=16, num_workers=0
+        )
     return folder / "mlruns.db", uri, small_cohort
 
 
@@ -125,8 +128,10 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     for key in ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id"):
         assert (runs[f"tags.{key}"] == version.tags[key]).all(), key
     assert (runs["params.model_uri"] == f"models:/{MODEL}@r1").all() and (runs["tags.model_version"] == "1").all()
-    found = mlflow.search_runs(search_all_experiments=True, filter_string=(
-        "tags.method = 'mae' and tags.ratio = '1:1' and params.budget = '5' and params.mode = 'linear'"))  # fmt: skip
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=("tags.method = 'mae' and tags.ratio = '1:1' and params.budget = '5' and params.mode = 'linear'"),
+    )
     assert sorted(found["params.resample"]) == ["0", "1"]
     analyses = runs[runs["params.mode"] == "representation"].iloc[0]
     for metric in ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc"):
@@ -137,7 +142,10 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     # What the MLflow UI shows: names that say what was evaluated, the ratio as numbers the chart view can plot
     # against, and the model and data lineage as the run's inputs.
     names = sorted(runs["tags.mlflow.runName"])
-    assert names == [*[f"mae-vit_tiny@1:1/linear-b{b}-r{r}" for b in (10, 5) for r in (0, 1)], "representation/mae-vit_tiny@1:1"]
+    assert names == [
+        *[f"mae-vit_tiny@1:1/linear-b{b}-r{r}" for b in (10, 5) for r in (0, 1)],
+        "representation/mae-vit_tiny@1:1",
+    ]
     assert mlflow.get_run(parent).data.tags["mlflow.runName"] == "mae-vit_tiny@1:1/linear"
     assert set(runs["params.ratio_r"]) == {"1"} and set(runs["params.log10_ratio"]) == {"0.0"}
     model_id = version.source.removeprefix("models:/")
@@ -145,7 +153,10 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     budget = mlflow.get_run(runs.loc[runs["tags.mlflow.runName"].str.endswith("b5-r1"), "run_id"].item())
     assert [m.model_id for m in budget.inputs.model_inputs] == [model_id]
     assert sorted((d.dataset.name, d.tags[0].value) for d in budget.inputs.dataset_inputs) == [
-        ("evaluation", "evaluation"), ("train-b5-r1", "train"), ("val-b5-r1", "validation")]  # fmt: skip
+        ("evaluation", "evaluation"),
+        ("train-b5-r1", "train"),
+        ("val-b5-r1", "validation"),
+    ]
     scored = [m for m in mlflow.get_logged_model(model_id).metrics if m.key == "eval/acc"]
     assert len(scored) == 4 and {m.dataset_name for m in scored} == {"evaluation"}  # filed under the model too
     images = {a.path.split("/")[-1].split("+")[0] for a in MlflowClient().list_artifacts(budget.info.run_id, "images")}
@@ -156,12 +167,15 @@ def test_every_downstream_run_carries_the_model_lineage(model):
     assert "r<r>" in MlflowClient().get_registered_model(MODEL).description
 
 
-@pytest.mark.parametrize("uri, message", [
-    (f"models:/nope/1", "no registered model named 'nope'"),
-    (f"models:/{MODEL}/99", f"'{MODEL}' has no version 99"),
-    (f"models:/{MODEL}@r999", f"'{MODEL}' has no alias 'r999'"),
-    ("outputs/pretrain/backbone.pt", "is not a registered model"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("models:/nope/1", "no registered model named 'nope'"),
+        (f"models:/{MODEL}/99", f"'{MODEL}' has no version 99"),
+        (f"models:/{MODEL}@r999", f"'{MODEL}' has no alias 'r999'"),
+        ("outputs/pretrain/backbone.pt", "is not a registered model"),
+    ],
+)
 def test_bad_model_references_are_one_line_errors(model, uri, message):
     with pytest.raises(CytoError, match=message) as error:
         run_downstream(uri, "linear", budgets=(10,), resamples=1)
@@ -205,8 +219,10 @@ def test_tune_records_the_best_lr_and_tuned_uses_it(model, store):
     assert Path(store.removeprefix("sqlite:///")).with_name("optuna.db").exists()  # its own file, not MLflow's
     tuned = run_downstream(model, "linear", budgets=(10,), resamples=1, lr="tuned")
     assert float(children(tuned, "linear")["params.blr"].iloc[0]) == best
-    found = mlflow.search_runs(search_all_experiments=True, filter_string=(
-        "tags.method = 'mae' and params.budget = '10' and params.mode = 'linear'"))  # fmt: skip
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=("tags.method = 'mae' and params.budget = '10' and params.mode = 'linear'"),
+    )
     assert list(found["tags.mlflow.parentRunId"]) == [tuned]  # tuning runs are not downstream results
     with pytest.raises(CytoError, match=r"no tuning study .*\|linear\|budget=5"):
         run_downstream(model, "linear", budgets=(5,), resamples=1, lr="tuned")

@@ -15,15 +15,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
 from timm.models.vision_transformer import VisionTransformer
+from torch.nn.parallel import DistributedDataParallel
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.data.transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, MultiView, eval_transform, normalize_images, view_transform,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiView,
+    eval_transform,
+    normalize_images,
+    view_transform,
 )
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS, build_method, create_backbone
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.methods.losses import dino_loss, info_nce_queue, nt_xent
 from cyto_ssrl.methods.mae import MAE, random_masking, sincos_pos_embed
 
@@ -59,8 +64,16 @@ def cells(shared_data) -> list[Image.Image]:
 
 def tiny_cfg(method: str, **overrides) -> PretrainConfig:
     settings = dict(
-        method=method, backbone="vit_tiny" if method == "mae" else "resnet18", img_size=IMG, patch_size=8,
-        queue_size=64, dino_out_dim=256, proj_hidden_dim=128, proj_dim=64, decoder_dim=64, decoder_depth=1,
+        method=method,
+        backbone="vit_tiny" if method == "mae" else "resnet18",
+        img_size=IMG,
+        patch_size=8,
+        queue_size=64,
+        dino_out_dim=256,
+        proj_hidden_dim=128,
+        proj_dim=64,
+        decoder_dim=64,
+        decoder_depth=1,
     )
     return PretrainConfig(**(settings | overrides))
 
@@ -142,8 +155,12 @@ def test_mae_exports_a_plain_vit_with_fixed_position_embedding(cells):
 
 @pytest.mark.parametrize(
     ("name", "online", "target"),
-    [("dino", "student", "teacher"), ("dino", "student_head", "teacher_head"),
-     ("moco", "backbone", "key_backbone"), ("moco", "projector", "key_projector")],
+    [
+        ("dino", "student", "teacher"),
+        ("dino", "student_head", "teacher_head"),
+        ("moco", "backbone", "key_backbone"),
+        ("moco", "projector", "key_projector"),
+    ],
 )
 def test_ema_target_moves_toward_online_network(name, online, target, cells):
     method = build_method(tiny_cfg(name, momentum=0.99))
@@ -328,8 +345,12 @@ def test_unknown_view_kind_is_a_user_error():
 
 @pytest.mark.parametrize(
     ("method", "backbone", "message"),
-    [("byol", "resnet18", "unknown method"), ("simclr", "nope", "unknown backbone"),
-     ("simclr", "vgg11", "unknown backbone"), ("mae", "resnet18", "MAE needs a ViT")],
+    [
+        ("byol", "resnet18", "unknown method"),
+        ("simclr", "nope", "unknown backbone"),
+        ("simclr", "vgg11", "unknown backbone"),
+        ("mae", "resnet18", "MAE needs a ViT"),
+    ],
 )
 def test_build_method_rejects_bad_choices(method, backbone, message):
     with pytest.raises(CytoError, match=message):

@@ -11,22 +11,29 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from cyto_ssrl import train
-from cyto_ssrl.config import PAPER_RATIOS, SyntheticConfig
+from cyto_ssrl.data.config import SyntheticConfig
 from cyto_ssrl.data.pools import make_pool, parse_ratio, pool_counts, pool_digest
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import create_backbone
 from cyto_ssrl.pretrain import BACKBONE_FILE
 from cyto_ssrl.stages.pools import run_pools
 from cyto_ssrl.stages.pretrain import register_external, run_pretrain
-from cyto_ssrl.stages.tiles import run_tiles
+from cyto_ssrl.study.presets import PAPER_RATIOS
 
 FAST = dict(epochs=2, batch_size=16, num_workers=0)
 
 
 def fake_manifest(n_pos: int, n_neg: int) -> pd.DataFrame:
     ids = [f"t{i:06d}" for i in range(n_pos + n_neg)]
-    return pd.DataFrame({"tile_id": ids, "slide_id": "s", "partition": "ssrl", "path": ids,
-                         "label": ["positive"] * n_pos + ["negative"] * n_neg})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "tile_id": ids,
+            "slide_id": "s",
+            "partition": "ssrl",
+            "path": ids,
+            "label": ["positive"] * n_pos + ["negative"] * n_neg,
+        }
+    )
 
 
 @pytest.mark.parametrize("r", PAPER_RATIOS)
@@ -58,8 +65,9 @@ def test_pool_requests_that_cannot_be_met():
 def tiles(tmp_path_factory):
     """A small synthetic tile manifest shared by this module's pre-training tests."""
     folder = tmp_path_factory.mktemp("tiles")
-    from cyto_ssrl.config import TILE_PRESETS, preset
-    from cyto_ssrl.data import make_tiles
+    from cyto_ssrl.config import preset
+    from cyto_ssrl.data.config import TILE_PRESETS
+    from cyto_ssrl.data.tiles import make_tiles
 
     cfg = preset(TILE_PRESETS, "tiny", synthetic=SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3))
     make_tiles("synthetic", None, folder, cfg)
@@ -84,8 +92,16 @@ def test_pretrain_registers_a_tagged_aliased_backbone(store, tiles, monkeypatch)
     version = client.get_model_version_by_alias("cyto-simclr-resnet18", "r5")
     assert uri == f"models:/cyto-simclr-resnet18/{version.version}"
     tags = version.tags
-    expected = {"ratio": "1:5", "ratio_r": "5", "method": "simclr", "backbone": "resnet18", "pool_size": "64",
-                "epochs": "2", "preset": "tiny-simclr", "pretrain_run_id": run_id}  # fmt: skip
+    expected = {
+        "ratio": "1:5",
+        "ratio_r": "5",
+        "method": "simclr",
+        "backbone": "resnet18",
+        "pool_size": "64",
+        "epochs": "2",
+        "preset": "tiny-simclr",
+        "pretrain_run_id": run_id,
+    }
     assert {k: tags[k] for k in expected} == expected
     assert len(tags["pool_digest"]) == 16 and tags["tiles_run_id"] == ""  # manifest given as a file: no tiles run
     model = mlflow.pytorch.load_model("models:/cyto-simclr-resnet18@r5")
@@ -93,7 +109,9 @@ def test_pretrain_registers_a_tagged_aliased_backbone(store, tiles, monkeypatch)
     # The logged model is named by what it is and shows the last epoch's loss, not the first's.
     logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
     assert logged.name == "simclr-resnet18-r5"
-    assert [(m.key, m.step, m.value) for m in logged.metrics if m.key == "train/loss"] == [("train/loss", 1, losses[-1])]
+    assert [(m.key, m.step, m.value) for m in logged.metrics if m.key == "train/loss"] == [
+        ("train/loss", 1, losses[-1])
+    ]
 
 
 def test_labels_never_reach_the_model(store, tiles):
@@ -105,7 +123,9 @@ def test_labels_never_reach_the_model(store, tiles):
     shuffled.to_parquet(shuffled_path)
     states = []
     for path in (pool_path, shuffled_path):
-        run_id, _ = run_pretrain("mae", "1:1", "tiny", pool=str(path), pool_size=48, epochs=1, batch_size=16, num_workers=0)
+        run_id, _ = run_pretrain(
+            "mae", "1:1", "tiny", pool=str(path), pool_size=48, epochs=1, batch_size=16, num_workers=0
+        )
         states.append(_backbone_state(mlflow.get_run(run_id).data.tags["job_dir"]))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -180,8 +200,9 @@ def test_external_backbone_from_a_local_weights_file(store, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_process_accelerate_launch(store, tiles):
     """A real `accelerate launch` with 2 CPU processes: one run, one registered version, a loadable model."""
-    run_id, uri = run_pretrain("mae", "1:10", "tiny", manifest=tiles, pool_size=64, num_processes=2,
-                               epochs=2, batch_size=16, num_workers=1)  # fmt: skip
+    run_id, uri = run_pretrain(
+        "mae", "1:10", "tiny", manifest=tiles, pool_size=64, num_processes=2, epochs=2, batch_size=16, num_workers=1
+    )
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'")
     assert list(runs["run_id"]) == [run_id] and list(runs["status"]) == ["FINISHED"]
     assert len(MlflowClient().get_metric_history(run_id, "train/loss")) == 2  # main process only

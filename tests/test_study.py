@@ -19,16 +19,16 @@ import torch
 from mlflow import MlflowClient
 
 from analysis.query import downstream_results
-from cyto_ssrl.study import claims, launch, runner
 from cyto_ssrl import tracking
-from cyto_ssrl.config import STUDY_PRESETS, StudyConfig
 from cyto_ssrl.downstream.budgets import budget_label
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.study import claims, launch, runner
 from cyto_ssrl.study.cells import STAGES
 from cyto_ssrl.study.config import load_config
 from cyto_ssrl.study.launch import run_study
 from cyto_ssrl.study.ledger import cell_runs
 from cyto_ssrl.study.plan import plan
+from cyto_ssrl.study.presets import STUDY_PRESETS, StudyConfig
 from cyto_ssrl.study.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def micro(manifest: Path, **changes) -> StudyConfig:
     """The smallest grid that still has every kind of cell: 2 ratios, MAE, an external baseline, 1 budget."""
-    fields = dict(ratios=("1:1", "1:2"), methods=("mae",), modes=("linear",), budgets=(50,), resamples=2,
-                  manifest=str(manifest), pool_size=64, representation=False, external="random",
-                  pretrain_overrides={"epochs": 1, "batch_size": 16, "num_workers": 0})  # fmt: skip
+    fields = dict(
+        ratios=("1:1", "1:2"),
+        methods=("mae",),
+        modes=("linear",),
+        budgets=(50,),
+        resamples=2,
+        manifest=str(manifest),
+        pool_size=64,
+        representation=False,
+        external="random",
+        pretrain_overrides={"epochs": 1, "batch_size": 16, "num_workers": 0},
+    )
     return StudyConfig(**{**fields, **changes})
 
 
@@ -64,7 +73,10 @@ def new_cell_runs(run_again) -> pd.DataFrame:
 
 
 def test_demo_and_paper_grids_have_every_cell_once_after_what_it_needs():
-    for name, expected in [("demo", 1 + 3 + 6 + 2 + 8 * (2 * 3 * 2 + 1) + 1), ("paper", 1 + 9 + 18 + 18 * (2 * 5 * 5 + 1) + 1)]:
+    for name, expected in [
+        ("demo", 1 + 3 + 6 + 2 + 8 * (2 * 3 * 2 + 1) + 1),
+        ("paper", 1 + 9 + 18 + 18 * (2 * 5 * 5 + 1) + 1),
+    ]:
         cells = plan(STUDY_PRESETS[name])
         keys = [c.key for c in cells]
         assert len(keys) == len(set(keys)) == expected, name
@@ -76,7 +88,16 @@ def test_demo_and_paper_grids_have_every_cell_once_after_what_it_needs():
     assert "pretrain/simclr/1:10000/s0" in paper and "downstream/pretrain/mae/1:500/s0/finetune/b1/r4" in paper
     # The paper's nine pools (issue: 1:1, 1:5 ... 1:5,000, 1:10,000).
     assert [c.ratio for c in plan(STUDY_PRESETS["paper"]) if c.stage == "pools"] == [
-        "1:1", "1:5", "1:10", "1:50", "1:100", "1:500", "1:1000", "1:5000", "1:10000"]  # fmt: skip
+        "1:1",
+        "1:5",
+        "1:10",
+        "1:50",
+        "1:100",
+        "1:500",
+        "1:1000",
+        "1:5000",
+        "1:10000",
+    ]
 
 
 def test_a_tuned_grid_searches_each_budgets_lr_before_its_downstream_cells():
@@ -109,18 +130,21 @@ def test_preset_from_a_json_file(tmp_path):
 # --- bad input: one line, nothing written ---
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: load_config("nope"), "unknown study preset 'nope'"),
-    (lambda: run_study(load_config("demo", methods=("byol",)), "x"), "unknown method 'byol'"),
-    (lambda: run_study(load_config("demo", ratios=("1-10",)), "x"), "is not written 1:r"),
-    (lambda: run_study(load_config("demo", budgets=(150,)), "x"), "not in (0, 100]"),
-    (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
-    (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
-    (lambda: run_study(StudyConfig(tune_trials=-1), "x"), "tune_trials must be 0 (no tuning) or more, got -1"),
-    (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
-    (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
-    (lambda: run_study(StudyConfig(), "it's"), "study id \"it's\" may hold only"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: load_config("nope"), "unknown study preset 'nope'"),
+        (lambda: run_study(load_config("demo", methods=("byol",)), "x"), "unknown method 'byol'"),
+        (lambda: run_study(load_config("demo", ratios=("1-10",)), "x"), "is not written 1:r"),
+        (lambda: run_study(load_config("demo", budgets=(150,)), "x"), "not in (0, 100]"),
+        (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
+        (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
+        (lambda: run_study(StudyConfig(tune_trials=-1), "x"), "tune_trials must be 0 (no tuning) or more, got -1"),
+        (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
+        (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
+        (lambda: run_study(StudyConfig(), "it's"), 'study id "it\'s" may hold only'),
+    ],
+)
 def test_bad_input_is_one_line_before_any_run(store, make, message):
     with pytest.raises(CytoError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         make()
@@ -129,7 +153,9 @@ def test_bad_input_is_one_line_before_any_run(store, make, message):
 
 
 def test_many_failed_cells_are_summed_up_in_one_short_line():
-    failed = {f"downstream/pretrain/mae/1:1/s0/linear/b100/r{r}": "budget 100 % needs 31 positive tiles" for r in range(18)}
+    failed = {
+        f"downstream/pretrain/mae/1:1/s0/linear/b100/r{r}": "budget 100 % needs 31 positive tiles" for r in range(18)
+    }
     line = launch._failures(failed)
     assert line.startswith("18 cell(s) failed here (first downstream/pretrain/mae/1:1/s0/linear/b100/r0: budget")
     assert "17 more" in line and len(line) < 200 and "\n" not in line
@@ -176,7 +202,7 @@ def test_workers_in_parallel_take_every_cell_exactly_once(store, manifest, monke
                 tracking.set_tags({"model_uri": f"models:/fake/{cell.key}"})
             time.sleep(0.05)
 
-    fakes = {stage: fake_work for stage in STAGES}
+    fakes = dict.fromkeys(STAGES, fake_work)
     cfg = micro(manifest, resamples=3)
     with tracking.stage_run("study", {}, {"study": "claims"}) as parent:
         workers = [Runner("claims", cfg, parent.info.run_id, parent.info.experiment_id, stages=fakes) for _ in range(3)]
@@ -212,9 +238,12 @@ def test_a_dead_workers_claim_goes_stale_and_is_taken_over(store, manifest, monk
 def test_a_killed_studys_own_run_is_marked_failed_and_a_live_one_is_left(store):
     experiment = mlflow.set_experiment("studies").experiment_id
     beats = {"killed": time.time() - 3600, "live": time.time(), "other study": time.time() - 3600}
-    runs = {name: tracking.create_run(experiment, name, {"stage": "study", "heartbeat": beat,
-                                                         "study": "other" if name == "other study" else "s"})
-            for name, beat in beats.items()}  # fmt: skip
+    runs = {
+        name: tracking.create_run(
+            experiment, name, {"stage": "study", "heartbeat": beat, "study": "other" if name == "other study" else "s"}
+        )
+        for name, beat in beats.items()
+    }
     claims.fail_dead_study_runs("s")
     status = {name: MlflowClient().get_run(run_id).info.status for name, run_id in runs.items()}
     assert status == {"killed": "FAILED", "live": "RUNNING", "other study": "RUNNING"}
@@ -283,21 +312,31 @@ def test_study_runs_resumes_repairs_and_grows(store, manifest):
     assert continued["tags.continued_from"] == died["run_id"] and continued["status"] == "FINISHED"
     # The checkpoint was of the last epoch: no epoch is trained again and the new version holds the same weights.
     assert pd.isna(continued.get("metrics.train/loss"))
-    old, new_weights = (mlflow.pytorch.load_model(uri).state_dict() for uri in (died["tags.model_uri"],
-                                                                               continued["tags.model_uri"]))  # fmt: skip
+    old, new_weights = (
+        mlflow.pytorch.load_model(uri).state_dict() for uri in (died["tags.model_uri"], continued["tags.model_uri"])
+    )
     assert continued["tags.model_uri"] != died["tags.model_uri"] and all(
-        torch.equal(old[name], new_weights[name]) for name in old)  # fmt: skip
+        torch.equal(old[name], new_weights[name]) for name in old
+    )
 
     # Other settings under the same id are refused, naming what differs.
     with pytest.raises(CytoError, match="pool_size was '64', now '32'"):
         run_study(micro(manifest, representation=True, pool_size=32), "micro")
 
     # A grown study (a new ratio) runs only the new cells.
-    new = new_cell_runs(lambda: run_study(micro(manifest, representation=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro"))
-    assert sorted(new["key"]) == sorted(["pools/1:3/s0", "pretrain/mae/1:3/s0",
-                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
-                                         "downstream/pretrain/mae/1:3/s0/linear/b50/r1", "representation/pretrain/mae/1:3/s0",
-                                         *new["key"][new["key"].str.startswith("analysis/")]])  # fmt: skip
+    new = new_cell_runs(
+        lambda: run_study(micro(manifest, representation=True, ratios=("1:1", "1:2", "1:3")), "micro", "micro")
+    )
+    assert sorted(new["key"]) == sorted(
+        [
+            "pools/1:3/s0",
+            "pretrain/mae/1:3/s0",
+            "downstream/pretrain/mae/1:3/s0/linear/b50/r0",
+            "downstream/pretrain/mae/1:3/s0/linear/b50/r1",
+            "representation/pretrain/mae/1:3/s0",
+            *new["key"][new["key"].str.startswith("analysis/")],
+        ]
+    )
 
 
 # --- two workers against a real tracking server ---
@@ -314,10 +353,24 @@ def server(tmp_path):
     """A real `mlflow server` (SQLite store, served artifact root) on 127.0.0.1, started by the project's command."""
     port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri",
-                                f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "artifacts")],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "entrypoints.server",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -343,8 +396,17 @@ def test_workers_share_a_study_on_a_tracking_server(tmp_path, manifest, server, 
     env.update(MLFLOW_TRACKING_URI=server, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "entrypoints.study", "--preset", str(preset), "--study", "shared"]
     # One command with 2 workers (it starts the second itself) and one more started by hand at the same time.
-    processes = [subprocess.Popen(command + ["--workers", str(n)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for n in (2, 1)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            command + ["--workers", str(n)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in (2, 1)
+    ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
@@ -370,12 +432,26 @@ def test_mlflow_run_study_entry_point(tmp_path, manifest, store):
     """The real `mlflow run . -e study --env-manager local` on a small preset: it finishes, the values it used stand
     beside the parameters MLflow logged as given, and its closing lines give the address of the runs table."""
     preset = tmp_path / "micro.json"
-    preset.write_text(json.dumps({k: v for k, v in vars(micro(manifest, representation=False, resamples=1)).items()
-                                  if k != "output"}))  # fmt: skip
+    preset.write_text(
+        json.dumps({k: v for k, v in vars(micro(manifest, representation=False, resamples=1)).items() if k != "output"})
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN") and k != "MLFLOW_EXPERIMENT_ID"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` of this environment
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "study", "--env-manager", "local",
-               "--experiment-name", "cli", "-P", f"preset={preset}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "study",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "cli",
+        "-P",
+        f"preset={preset}",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     study_run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'study'").iloc[0]

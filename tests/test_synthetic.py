@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import openslide
 import pandas as pd
 import pytest
 
-from cyto_ssrl.config import SyntheticConfig
+from cyto_ssrl.data.config import SyntheticConfig
 from cyto_ssrl.data.synthetic import generate_cohort
 from cyto_ssrl.errors import CytoError
 
@@ -34,8 +35,18 @@ def _is_positive(feature):
 
 def test_table_matches_the_files(cohort):
     cfg, out, table = cohort
-    assert list(table.columns) == ["slide_id", "patient_id", "label", "mpp", "width", "height", "n_cells",
-                                   "n_positive_cells", "path", "annotation_path"]
+    assert list(table.columns) == [
+        "slide_id",
+        "patient_id",
+        "label",
+        "mpp",
+        "width",
+        "height",
+        "n_cells",
+        "n_positive_cells",
+        "path",
+        "annotation_path",
+    ]
     assert table.equals(pd.read_csv(out / "slides.csv"))
     assert list(table.slide_id) == [f"slide_{i:03d}" for i in range(cfg.n_slides)]
     assert table.patient_id.is_unique
@@ -111,8 +122,8 @@ def test_worker_processes_draw_the_same_cohort(tmp_path):
     serial, parallel = generate_cohort(tmp_path / "serial", cfg), generate_cohort(tmp_path / "parallel", cfg, workers=2)
     assert serial.drop(columns=["path", "annotation_path"]).equals(parallel.drop(columns=["path", "annotation_path"]))
     for a, b in zip(serial.itertuples(), parallel.itertuples()):
-        assert open(a.annotation_path).read() == open(b.annotation_path).read()
-        assert open(a.path, "rb").read() == open(b.path, "rb").read()
+        assert Path(a.annotation_path).read_text() == Path(b.annotation_path).read_text()
+        assert Path(a.path).read_bytes() == Path(b.path).read_bytes()
 
 
 def test_zlib_compression_opens(tmp_path):

@@ -16,11 +16,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cyto_ssrl.cli import parse_balance
-from cyto_ssrl.config import TILE_PRESETS, CsvAnnotationConfig, preset
-from cyto_ssrl.data import make_tiles
+from cyto_ssrl.config import preset
 from cyto_ssrl.data.annotations import read_csv_points
+from cyto_ssrl.data.config import TILE_PRESETS, CsvAnnotationConfig
 from cyto_ssrl.data.pools import make_pool
 from cyto_ssrl.data.synthetic import write_pyramid
+from cyto_ssrl.data.tiles import make_tiles
 from cyto_ssrl.downstream.budgets import budget_counts, draw_budget
 from cyto_ssrl.downstream.features import labelled_tiles
 from cyto_ssrl.errors import CytoError
@@ -31,10 +32,18 @@ from .conftest import ROOT
 CRIC_SIZE = (1376, 1020)  # CRIC's coordinates refer to the original image size (shared/data/README.md)
 # The first ten CRIC fields of shared/data (its MANIFEST.csv order): every Bethesda class, and both classes in every
 # partition of a split of them. The label check below decodes the source field of every tile, so it runs on these.
-CRIC_TEN = ("008df697b9283d9ad4774096584d2efb", "011fda505d7e4af4b8cc57545343624d", "023fcddb41b212f8ac3edde190d4ae5c",
-            "02c7fb946ad5c5e5f9c1e1178c21fc92", "0f023f6ad3d33b33334016798995fe53", "424a7ee29385c53e950de973f411a30c",
-            "77acea6065f24cef2351ef3bc2af43a1", "9b77f6a1b82859bc68b26fae965564fa", "9dc92f731aa43451aaccdaabbca220fa",
-            "c5a3e789e449a8123509be5fd671b6b2")  # fmt: skip
+CRIC_TEN = (
+    "008df697b9283d9ad4774096584d2efb",
+    "011fda505d7e4af4b8cc57545343624d",
+    "023fcddb41b212f8ac3edde190d4ae5c",
+    "02c7fb946ad5c5e5f9c1e1178c21fc92",
+    "0f023f6ad3d33b33334016798995fe53",
+    "424a7ee29385c53e950de973f411a30c",
+    "77acea6065f24cef2351ef3bc2af43a1",
+    "9b77f6a1b82859bc68b26fae965564fa",
+    "9dc92f731aa43451aaccdaabbca220fa",
+    "c5a3e789e449a8123509be5fd671b6b2",
+)
 CRIC_SPARSE = "3265df8f2ecb21f1688c33025e540df8"  # a field whose deposit covers no 300 px tile to 50 %
 HERLEV_CELLS = 643  # shared/data/herlev/train: 410 abnormal, 233 normal
 
@@ -66,8 +75,13 @@ def cric_config(**overrides):
 @pytest.fixture
 def cric(shared_data, tmp_path):
     cfg = cric_config()
-    manifest = make_tiles("slides", cric_fields(shared_data, tmp_path / "fields", CRIC_TEN), tmp_path / "cric", cfg,
-                          annotations=shared_data / "cric" / "classifications.csv")  # fmt: skip
+    manifest = make_tiles(
+        "slides",
+        cric_fields(shared_data, tmp_path / "fields", CRIC_TEN),
+        tmp_path / "cric",
+        cfg,
+        annotations=shared_data / "cric" / "classifications.csv",
+    )
     return manifest, cfg
 
 
@@ -102,15 +116,24 @@ def test_tile_covers_the_same_microns_on_every_scanner(tmp_path):
         image = Image.new("RGB", (side, side), (245, 245, 245))
         radius = 20 / mpp
         centre = side / 2
-        ImageDraw.Draw(image).ellipse([centre - radius, centre - radius, centre + radius, centre + radius], fill=(60, 30, 90))
+        ImageDraw.Draw(image).ellipse(
+            [centre - radius, centre - radius, centre + radius, centre + radius], fill=(60, 30, 90)
+        )
         folder = tmp_path / f"mpp{mpp}"
         folder.mkdir()
-        write_pyramid(folder / f"slide_{int(mpp * 1000)}.tiff", np.asarray(image), mpp, levels=3, downsample=2,
-                      tile=256, compression="zlib")  # fmt: skip
-        cfg = preset(TILE_PRESETS, "paper", tile_size=128, min_deposit=0.0, workers=1,
-                     partitions={"ssrl": 1})  # fmt: skip
+        write_pyramid(
+            folder / f"slide_{int(mpp * 1000)}.tiff",
+            np.asarray(image),
+            mpp,
+            levels=3,
+            downsample=2,
+            tile=256,
+            compression="zlib",
+        )
+        cfg = preset(TILE_PRESETS, "paper", tile_size=128, min_deposit=0.0, workers=1, partitions={"ssrl": 1})
         cfg.slide_mpp = {}
-        from cyto_ssrl.data.tiles import plan_slides, write_tiles
+        from cyto_ssrl.data.cutting import write_tiles
+        from cyto_ssrl.data.slide_plan import plan_slides
 
         plan = plan_slides(folder, cfg, None).assign(partition="ssrl", source="slides")
         manifest = write_tiles(plan, tmp_path / f"out{mpp}", cfg)
@@ -124,13 +147,14 @@ def test_tile_covers_the_same_microns_on_every_scanner(tmp_path):
 
 def test_aperio_slides_levels_and_missing_mpp(shared_data, tmp_path):
     slides = shared_data / "slides"
-    cfg = preset(TILE_PRESETS, "paper", tile_size=128, target_mpp=1.0, workers=2, min_deposit=0.3,
-                 partitions={"ssrl": 1})  # fmt: skip
+    cfg = preset(
+        TILE_PRESETS, "paper", tile_size=128, target_mpp=1.0, workers=2, min_deposit=0.3, partitions={"ssrl": 1}
+    )
     with pytest.raises(CytoError, match="tcga-cr-7395-01a-01-ts1.*no um/px"):
         make_tiles("slides", slides, tmp_path / "a", cfg)
     assert not (tmp_path / "a" / "manifest.parquet").exists()
     cfg.slide_mpp = {"tcga-cr-7395-01a-01-ts1": 0.5}
-    from cyto_ssrl.data.tiles import plan_slides
+    from cyto_ssrl.data.slide_plan import plan_slides
 
     plan = plan_slides(slides, cfg, None).groupby("slide_id").first()
     # TCGA: 2 levels (downsample 2); 1.0 um/px from 0.5 um/px reads level 1. CMU: one level at 0.499 um/px.
@@ -175,8 +199,10 @@ def test_a_small_collection_takes_its_own_partition_shares(shared_data, tmp_path
     folder = herlev_subset(shared_data, tmp_path / "herlev")
     counts = make_tiles("cells", folder, tmp_path / "h", cfg)["partition"].value_counts()
     assert counts.to_dict() == pytest.approx({"ssrl": 107.5, "downstream": 64.5, "evaluation": 43}, abs=4)
-    for bad, message in [("ssrl=0.5,evaluaton=0.5", "partition 'evaluaton' is not one of ssrl, downstream"),
-                         ("ssrl=half", "partition share 'ssrl=half' is not a number")]:  # fmt: skip
+    for bad, message in [
+        ("ssrl=0.5,evaluaton=0.5", "partition 'evaluaton' is not one of ssrl, downstream"),
+        ("ssrl=half", "partition share 'ssrl=half' is not a number"),
+    ]:
         with pytest.raises(CytoError, match=message):
             parse_partitions(bad)
 
@@ -208,8 +234,14 @@ def test_tiles_run_is_tracked(synthetic_default):
     assert metrics["n_downstream_kept"] == (manifest["partition"] == "downstream").sum()
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["tiles-synthetic"]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"manifest.parquet", "summary.md", "summary.csv", "summary_per_slide.csv", "summary_balance.csv",
-            "skipped_slides.csv"} <= artifacts  # fmt: skip
+    assert {
+        "manifest.parquet",
+        "summary.md",
+        "summary.csv",
+        "summary_per_slide.csv",
+        "summary_balance.csv",
+        "skipped_slides.csv",
+    } <= artifacts
     assert manifest.groupby("slide_id")["partition"].nunique().max() == 1
     summary = (manifest_path.parent / "summary.md").read_text()
     assert "0 slide(s) skipped" in summary and "| downstream  | True " in summary
@@ -277,8 +309,16 @@ def test_ssrl_is_never_balanced(tmp_path):
 
 def cric_run(shared_data, folder: Path, output: Path, **overrides):
     """The tiny preset on CRIC fields as the README's command tiles them (0.25 um/px, 1376x1020 coordinates)."""
-    return run_tiles("slides", str(folder), str(output), "tiny", str(shared_data / "cric" / "classifications.csv"),
-                     default_mpp=0.25, csv=CsvAnnotationConfig(image_size=CRIC_SIZE), **overrides)  # fmt: skip
+    return run_tiles(
+        "slides",
+        str(folder),
+        str(output),
+        "tiny",
+        str(shared_data / "cric" / "classifications.csv"),
+        default_mpp=0.25,
+        csv=CsvAnnotationConfig(image_size=CRIC_SIZE),
+        **overrides,
+    )
 
 
 def test_a_sparse_cric_field_is_skipped_and_listed_unless_strict(store, shared_data, tmp_path):
@@ -296,8 +336,9 @@ def test_a_sparse_cric_field_is_skipped_and_listed_unless_strict(store, shared_d
 
     with pytest.raises(CytoError) as caught:
         cric_run(shared_data, folder, tmp_path / "strict", partitions={"ssrl": 1}, strict=True)
-    assert str(caught.value) == (f"slide '{CRIC_SPARSE}': no tile of 300 level-0 px has 50% cell deposit; lower "
-                                 "min_deposit or check the slide")  # fmt: skip
+    assert str(caught.value) == (
+        f"slide '{CRIC_SPARSE}': no tile of 300 level-0 px has 50% cell deposit; lower min_deposit or check the slide"
+    )
     assert not (tmp_path / "strict" / "manifest.parquet").exists() and not (tmp_path / "strict" / "tiles").exists()
     with pytest.raises(CytoError, match=rf"no slide in .* gives a tile \(1 skipped\); the first, '{CRIC_SPARSE}': no"):
         cric_run(shared_data, cric_fields(shared_data, tmp_path / "sparse", (CRIC_SPARSE,)), tmp_path / "none")
@@ -307,9 +348,17 @@ def test_a_sparse_cric_field_is_skipped_and_listed_unless_strict(store, shared_d
 def test_an_unreadable_slide_among_good_ones_is_skipped_unless_strict(tmp_path, capsys):
     png = io.BytesIO()
     _field().save(png, format="PNG")
-    folder = _slides_folder(tmp_path, {"a.png": _field(), "a.geojson": _geojson([(200, 200, "positive")]),
-                                       "b.svs": "not a slide", "c.png": png.getvalue()[:1000],
-                                       "d.png": _field(), "d.geojson": _geojson([(200, 200, "negative")])})  # fmt: skip
+    folder = _slides_folder(
+        tmp_path,
+        {
+            "a.png": _field(),
+            "a.geojson": _geojson([(200, 200, "positive")]),
+            "b.svs": "not a slide",
+            "c.png": png.getvalue()[:1000],
+            "d.png": _field(),
+            "d.geojson": _geojson([(200, 200, "negative")]),
+        },
+    )
     cfg = preset(TILE_PRESETS, "paper", **SMALL)
     manifest = make_tiles("slides", folder, tmp_path / "out", cfg)
     assert set(manifest["slide_id"]) == {"a", "d"}
@@ -365,8 +414,14 @@ def _field(colour=(240, 240, 240), cell=True) -> Image.Image:
 
 
 def _geojson(cells):
-    features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
-                 "properties": {"classification": {"name": name}}} for x, y, name in cells]  # fmt: skip
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [x, y]},
+            "properties": {"classification": {"name": name}},
+        }
+        for x, y, name in cells
+    ]
     return json.dumps({"type": "FeatureCollection", "features": features})
 
 
@@ -430,8 +485,25 @@ def test_mlflow_run_tiles_entry_point(store, tmp_path, shared_data):
     """The MLproject entry point through `mlflow run` (local env manager), and a one-line error from the CLI."""
     out = tmp_path / "herlev_tiles"
     folder = herlev_subset(shared_data, tmp_path / "herlev")
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tiles", "--env-manager", "local",
-           "-P", "source=cells", "-P", f"input={folder}", "-P", f"output={out}", "-P", "balance=none"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "tiles",
+        "--env-manager",
+        "local",
+        "-P",
+        "source=cells",
+        "-P",
+        f"input={folder}",
+        "-P",
+        f"output={out}",
+        "-P",
+        "balance=none",
+    ]
     # `mlflow run --env-manager local` runs `python` from PATH: the interpreter running these tests.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -441,7 +513,12 @@ def test_mlflow_run_tiles_entry_point(store, tmp_path, shared_data):
     assert list(runs["status"]) == ["FINISHED"] and runs["params.source"].iloc[0] == "cells"
     assert runs["params.balance"].iloc[0] == "none" and runs["metrics.slides_skipped"].iloc[0] == 0
 
-    bad = subprocess.run([sys.executable, "-m", "entrypoints.tiles", "--source", "slides", "--input", str(tmp_path / "nope")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "entrypoints.tiles", "--source", "slides", "--input", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == f"error: input folder {tmp_path / 'nope'} does not exist"

@@ -30,8 +30,16 @@ except ImportError:  # require_browser() fails the test with the fix
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless as root on a machine with no GPU and no internet; Playwright gives each launch a fresh profile.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 120_000  # the UI is a heavy React app and CI machines are small: wait long, never sleep
 
 
@@ -65,9 +73,25 @@ def mlflow_ui(store: str, log: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                store,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def up() -> str:
         deadline = time.time() + 180
@@ -97,9 +121,14 @@ def run_study(folder: Path, manifest: Path) -> str:
     cfg = micro(manifest, ratios=("1:2",), external="")
     preset.write_text(json.dumps({k: v for k, v in vars(cfg).items() if k != "output"}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN") and k != "MLFLOW_EXPERIMENT_ID"}
-    done = subprocess.run([sys.executable, "-m", "entrypoints.study", "--preset", str(preset), "--study", "ui"],
-                          cwd=folder, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoints.study", "--preset", str(preset), "--study", "ui"],
+        cwd=folder,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -155,8 +184,11 @@ def check_a_downstream_run_page(page, screenshots: Path) -> None:
     page.screenshot(path=screenshots / "2-run.png")
     # Its "Logged models" table lists each model input with type "Input", linked to the logged model's page.
     for model_id, model in models.items():
-        row = (page.get_by_role("row").filter(has=page.get_by_role("gridcell", name="Input", exact=True))
-               .filter(has=page.get_by_role("link", name=model, exact=True)))  # fmt: skip
+        row = (
+            page.get_by_role("row")
+            .filter(has=page.get_by_role("gridcell", name="Input", exact=True))
+            .filter(has=page.get_by_role("link", name=model, exact=True))
+        )
         expect(row).to_be_visible()
         expect(row.get_by_role("link", name=model, exact=True)).to_have_attribute("href", re.compile(model_id))
         row.scroll_into_view_if_needed()

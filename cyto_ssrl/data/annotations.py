@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cyto_ssrl.config import CsvAnnotationConfig
+from cyto_ssrl.data.config import CsvAnnotationConfig
 from cyto_ssrl.errors import CytoError
 
 LABELS = ("positive", "negative")

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cyto_ssrl.config import TileConfig
 from cyto_ssrl.data.annotations import class_to_label
+from cyto_ssrl.data.config import TileConfig
 from cyto_ssrl.data.slides import IMAGE_SUFFIXES
 from cyto_ssrl.errors import CytoError
 
@@ -45,11 +45,21 @@ def _cell_row(path: Path, folder: Path, label: str, cfg: TileConfig) -> dict:
     if folder.name.lower().startswith("im_"):
         source_image = f"{folder.name}/{source_image}"
     return {
-        "tile_id": f"{folder.name}_{path.stem}", "slide_id": source_image, "patient_id": source_image,
-        "x": 0, "y": 0, "extent": np.nan, "level": 0, "source_mpp": cfg.default_mpp or np.nan,
-        "target_mpp": cfg.target_mpp, "tile_size": cfg.tile_size, "label": label, "slide_label": label,
-        "deposit_fraction": 1.0, "source_path": str(path),
-    }  # fmt: skip
+        "tile_id": f"{folder.name}_{path.stem}",
+        "slide_id": source_image,
+        "patient_id": source_image,
+        "x": 0,
+        "y": 0,
+        "extent": np.nan,
+        "level": 0,
+        "source_mpp": cfg.default_mpp or np.nan,
+        "target_mpp": cfg.target_mpp,
+        "tile_size": cfg.tile_size,
+        "label": label,
+        "slide_label": label,
+        "deposit_fraction": 1.0,
+        "source_path": str(path),
+    }
 
 
 def crop_tile(path: str, cfg: TileConfig) -> Image.Image:

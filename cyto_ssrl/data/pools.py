@@ -68,10 +68,12 @@ def make_pool(manifest: pd.DataFrame, r: int, pool_size: int, seed: int, allow_s
         pool_size = largest_pool(len(positives), len(negatives), r)
         n_pos, n_neg = pool_counts(pool_size, r)
     rng = np.random.default_rng(seed)
-    chosen = pd.concat([
-        positives.iloc[np.sort(rng.choice(len(positives), n_pos, replace=False))],
-        negatives.iloc[np.sort(rng.choice(len(negatives), n_neg, replace=False))],
-    ])  # fmt: skip
+    chosen = pd.concat(
+        [
+            positives.iloc[np.sort(rng.choice(len(positives), n_pos, replace=False))],
+            negatives.iloc[np.sort(rng.choice(len(negatives), n_neg, replace=False))],
+        ]
+    )
     return chosen[["tile_id", "slide_id", "label", "path"]].sort_values("tile_id", ignore_index=True)
 
 

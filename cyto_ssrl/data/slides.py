@@ -62,8 +62,9 @@ class Geometry:
         return slide.get_best_level_for_downsample(self.extent / self.tile_size * 1.01)
 
 
-def read_tiles(slide: openslide.AbstractSlide, geometry: Geometry, level: int,
-               coords: np.ndarray) -> Iterator[Image.Image]:  # fmt: skip
+def read_tiles(
+    slide: openslide.AbstractSlide, geometry: Geometry, level: int, coords: np.ndarray
+) -> Iterator[Image.Image]:
     """Tiles at level-0 (x, y) coords, resampled to tile_size at the target um/px, one read_region per tile.
 
     Reading a block of neighbouring tiles as one region and cropping was measured 10 % slower: OpenSlide's

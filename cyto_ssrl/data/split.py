@@ -46,8 +46,10 @@ def check_classes(tiles: pd.DataFrame, proportions: dict[str, float]) -> None:
 
 def check_balance(names) -> None:
     if "ssrl" in names:
-        raise CytoError("the ssrl partition cannot be balanced: pools are drawn from all its tiles at each ratio "
-                        "(balance downstream and/or evaluation)")  # fmt: skip
+        raise CytoError(
+            "the ssrl partition cannot be balanced: pools are drawn from all its tiles at each ratio "
+            "(balance downstream and/or evaluation)"
+        )
 
 
 def balance_partitions(tiles: pd.DataFrame, names, seed: int) -> pd.DataFrame:
@@ -68,8 +70,10 @@ def balance_partitions(tiles: pd.DataFrame, names, seed: int) -> pd.DataFrame:
         n = min(len(rows) for rows in classes)
         if n == 0:
             missing = [lab for lab, rows in zip(LABELLED_STRATA, classes) if len(rows) == 0]
-            raise CytoError(f"the split cannot be met: partition {name!r} gets no {' or '.join(missing)} tiles to "
-                            f"draw 1:1 from; add slides or change the partition proportions")  # fmt: skip
+            raise CytoError(
+                f"the split cannot be met: partition {name!r} gets no {' or '.join(missing)} tiles to "
+                f"draw 1:1 from; add slides or change the partition proportions"
+            )
         rng = np.random.default_rng([seed, *name.encode()])
         for rows in classes:
             keep[rows[rng.choice(len(rows), n, replace=False)]] = True

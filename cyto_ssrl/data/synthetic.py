@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import pandas as pd
 import tifffile
 from PIL import Image, ImageDraw, ImageFilter
 
-from cyto_ssrl.config import SyntheticConfig
+from cyto_ssrl.data.config import SyntheticConfig
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import write_atomic
 
 BACKGROUND = (243, 242, 238)
 EOSINOPHILIC = (238, 150, 172)
@@ -50,7 +50,7 @@ def generate_cohort(output_dir: str | Path, cfg: SyntheticConfig, workers: int =
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             rows = list(pool.map(_slide_job, jobs))
     table = pd.DataFrame(rows)
-    _atomic(out / "slides.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_atomic(out / "slides.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 
@@ -91,11 +91,31 @@ def _make_slide(out: Path, slide_id: str, patient_id: str, label: str, mpp: floa
     cells = [_draw_cell(img, rng, c * px, pos, px, stain) for c, pos in zip(centres, positive)]
 
     tiff, geojson = out / f"{slide_id}.tiff", out / f"{slide_id}.geojson"
-    _atomic(tiff, lambda tmp: write_pyramid(tmp, img, mpp, levels=cfg.levels, downsample=cfg.level_downsample,
-                                           tile=cfg.tiff_tile, compression=cfg.compression))
-    _atomic(geojson, lambda tmp: tmp.write_text(json.dumps(_feature_collection(cells, side))))
-    return dict(slide_id=slide_id, patient_id=patient_id, label=label, mpp=mpp, width=side, height=side,
-                n_cells=len(cells), n_positive_cells=int(positive.sum()), path=str(tiff), annotation_path=str(geojson))
+    write_atomic(
+        tiff,
+        lambda tmp: write_pyramid(
+            tmp,
+            img,
+            mpp,
+            levels=cfg.levels,
+            downsample=cfg.level_downsample,
+            tile=cfg.tiff_tile,
+            compression=cfg.compression,
+        ),
+    )
+    write_atomic(geojson, lambda tmp: tmp.write_text(json.dumps(_feature_collection(cells, side))))
+    return dict(
+        slide_id=slide_id,
+        patient_id=patient_id,
+        label=label,
+        mpp=mpp,
+        width=side,
+        height=side,
+        n_cells=len(cells),
+        n_positive_cells=int(positive.sum()),
+        path=str(tiff),
+        annotation_path=str(geojson),
+    )
 
 
 def _stain(rng):
@@ -147,15 +167,19 @@ def _background(rng, side: int, px: float, radius: np.ndarray, stain) -> np.ndar
     for _ in range(rng.integers(6, 14)):  # mucus: wandering strands, pink or blue-green
         strand = Image.new("L", (n, n), 0)
         walk = np.cumsum(rng.normal(0, 12 * scale, (12, 2)), axis=0) + rng.uniform(-0.6, 0.6, 2) * radius.min() * scale
-        ImageDraw.Draw(strand).line([tuple(p + centre) for p in walk], fill=int(rng.uniform(10, 35)),
-                                    width=max(1, int(rng.uniform(8, 30) * scale)), joint="curve")
+        ImageDraw.Draw(strand).line(
+            [tuple(p + centre) for p in walk],
+            fill=int(rng.uniform(10, 35)),
+            width=max(1, int(rng.uniform(8, 30) * scale)),
+            joint="curve",
+        )
         colour = stain(EOSINOPHILIC if rng.random() < 0.5 else CYANOPHILIC)
         light *= _transmit(colour, _blur(strand, 2))
     img = np.asarray(Image.fromarray((light * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)).copy()
     noise = rng.integers(-3, 4, (256, side, 1), dtype=np.int16)  # reused per band of rows: too faint to show a repeat
     for y in range(0, side, 256):
-        band = img[y:y + 256]
-        band[...] = np.clip(band + noise[:len(band)], 0, 255)
+        band = img[y : y + 256]
+        band[...] = np.clip(band + noise[: len(band)], 0, 255)
     return img
 
 
@@ -254,36 +278,36 @@ def _feature_collection(cells: list[dict], side: int) -> dict:
         ring = np.clip(cell["outline"], 0, side - 1).round(2).tolist()
         x, y = np.clip(cell["nucleus"], 0, side - 1).round(2).tolist()
         name = "positive" if cell["positive"] else "negative"
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": name, "color": CLASS_COLORS[name]},
-                "measurements": {"Nucleus: Centroid X px": x, "Nucleus: Centroid Y px": y},
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": name, "color": CLASS_COLORS[name]},
+                    "measurements": {"Nucleus: Centroid X px": x, "Nucleus: Centroid Y px": y},
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_pyramid(path: Path, img: np.ndarray, mpp: float, *, levels: int, downsample: int, tile: int,
-                  compression: str) -> None:  # fmt: skip
+def write_pyramid(
+    path: Path, img: np.ndarray, mpp: float, *, levels: int, downsample: int, tile: int, compression: str
+) -> None:
     """Tiled pyramid OpenSlide reads as generic-tiff: level 0 first, reduced levels flagged subfiletype=1."""
     level = Image.fromarray(img)
     with tifffile.TiffWriter(path, bigtiff=img.nbytes > 2**31) as tif:
         for k in range(levels):
             if k:
                 level = level.reduce(downsample)
-            tif.write(np.asarray(level), photometric="rgb", tile=(tile, tile),
-                      compression=compression, resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
-                      subfiletype=1 if k else 0, maxworkers=2)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary name in the same folder, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            tif.write(
+                np.asarray(level),
+                photometric="rgb",
+                tile=(tile, tile),
+                compression=compression,
+                resolution=(1e4 / mpp, 1e4 / mpp),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if k else 0,
+                maxworkers=2,
+            )

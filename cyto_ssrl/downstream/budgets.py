@@ -43,8 +43,10 @@ def budget_counts(n_tiles: int, budget: float) -> tuple[int, int]:
     per_class = int(n_tiles * budget / 100 + 0.5) // 2
     val = max(1, round(per_class / VAL_SHARE))
     if per_class - val < 1:
-        raise CytoError(f"budget {budget_label(budget)} % of {n_tiles} tiles is {2 * per_class} tiles; a 1:1 "
-                        "train/val split needs at least 4")  # fmt: skip
+        raise CytoError(
+            f"budget {budget_label(budget)} % of {n_tiles} tiles is {2 * per_class} tiles; a 1:1 "
+            "train/val split needs at least 4"
+        )
     return per_class - val, val
 
 
@@ -62,9 +64,11 @@ def draw_budget(tiles: pd.DataFrame, budget: float, resample: int, seed: int) ->
     wanted = n_train + n_val
     available = {label: int((tiles["y"] == label).sum()) for label in (1, 0)}
     if min(available.values()) < wanted:
-        raise CytoError(f"budget {budget_label(budget)} % ({2 * wanted} tiles at 1:1) needs {wanted} positive and "
-                        f"{wanted} negative downstream tiles; the partition has {available[1]} and "
-                        f"{available[0]}")  # fmt: skip
+        raise CytoError(
+            f"budget {budget_label(budget)} % ({2 * wanted} tiles at 1:1) needs {wanted} positive and "
+            f"{wanted} negative downstream tiles; the partition has {available[1]} and "
+            f"{available[0]}"
+        )
     rng = np.random.default_rng(budget_seed(seed, budget, resample))
     train, val = [], []
     for label in (1, 0):

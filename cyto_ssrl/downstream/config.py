@@ -33,14 +33,28 @@ class TrainingSettings:
 class DownstreamConfig:
     # Linear probe (MAE's): BatchNorm without affine + Linear on frozen features, SGD with momentum 0.9. A few
     # small batches for 20 epochs learn nothing at the paper's blr 1.5e-3; 0.1 was best of 0.01-3 on the demo cohort.
-    linear: TrainingSettings = field(default_factory=lambda: TrainingSettings(
-        epochs=20, batch_sizes={100: 64, 50: 32, 10: 16, 5: 16, 1: 8}, blr=0.1, warmup_epochs=2, weight_decay=0.0,
-        blr_search=(1e-3, 3.0)))
+    linear: TrainingSettings = field(
+        default_factory=lambda: TrainingSettings(
+            epochs=20,
+            batch_sizes={100: 64, 50: 32, 10: 16, 5: 16, 1: 8},
+            blr=0.1,
+            warmup_epochs=2,
+            weight_decay=0.0,
+            blr_search=(1e-3, 3.0),
+        )
+    )
     # Fine-tuning: the whole network and a Linear head, AdamW, through the pre-training loop. A budget of the demo
     # cohort is a few batches: 2 epochs left most heads predicting one class, 10 did not (3 s per run on 2 cores).
-    finetune: TrainingSettings = field(default_factory=lambda: TrainingSettings(
-        epochs=10, batch_sizes={100: 64, 50: 32, 10: 16, 5: 16, 1: 8}, blr=5e-4, warmup_epochs=1, weight_decay=0.05,
-        blr_search=(1e-5, 1e-2)))
+    finetune: TrainingSettings = field(
+        default_factory=lambda: TrainingSettings(
+            epochs=10,
+            batch_sizes={100: 64, 50: 32, 10: 16, 5: 16, 1: 8},
+            blr=5e-4,
+            warmup_epochs=1,
+            weight_decay=0.05,
+            blr_search=(1e-5, 1e-2),
+        )
+    )
     eval_batch_size: int = 64  # frozen encoding and prediction
     num_workers: int = 0
     knn_ks: tuple[int, ...] = (1, 5, 10, 20, 50)
@@ -59,9 +73,24 @@ DOWNSTREAM_PRESETS: dict[str, DownstreamConfig] = {
     # The paper: linear probe 100 epochs at blr 1.5e-3; fine-tuning 50 epochs at blr 5e-4 with 5 warm-up epochs
     # (MAE's fine-tuning weight decay 0.05 and min lr 1e-6); batches 512/256/64/64/32 for budgets 100/50/10/5/1 %.
     "paper": DownstreamConfig(
-        linear=TrainingSettings(epochs=100, batch_sizes=dict(PAPER_BATCH_SIZES), blr=1.5e-3, warmup_epochs=10,
-                                weight_decay=0.0, blr_search=(1e-5, 1e-1)),
-        finetune=TrainingSettings(epochs=50, batch_sizes=dict(PAPER_BATCH_SIZES), blr=5e-4, warmup_epochs=5,
-                                  weight_decay=0.05, min_lr=1e-6, blr_search=(1e-5, 1e-2)),
-        eval_batch_size=256, num_workers=8),
-}  # fmt: skip
+        linear=TrainingSettings(
+            epochs=100,
+            batch_sizes=dict(PAPER_BATCH_SIZES),
+            blr=1.5e-3,
+            warmup_epochs=10,
+            weight_decay=0.0,
+            blr_search=(1e-5, 1e-1),
+        ),
+        finetune=TrainingSettings(
+            epochs=50,
+            batch_sizes=dict(PAPER_BATCH_SIZES),
+            blr=5e-4,
+            warmup_epochs=5,
+            weight_decay=0.05,
+            min_lr=1e-6,
+            blr_search=(1e-5, 1e-2),
+        ),
+        eval_batch_size=256,
+        num_workers=8,
+    ),
+}

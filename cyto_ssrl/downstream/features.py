@@ -8,8 +8,8 @@ another version, another manifest or another image size is recomputed, never reu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -56,13 +56,15 @@ class LabelledImages(Dataset):
 
 def eval_loader(tiles: pd.DataFrame, img_size: int, batch_size: int, num_workers: int) -> DataLoader:
     """The tiles in order, preprocessed deterministically (eval_transform)."""
-    return DataLoader(LabelledImages(tiles, eval_transform(img_size)), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers)  # fmt: skip
+    return DataLoader(
+        LabelledImages(tiles, eval_transform(img_size)), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
 
 
 @torch.no_grad()
-def encode(backbone: torch.nn.Module, tiles: pd.DataFrame, img_size: int, batch_size: int = 64,
-           num_workers: int = 0) -> torch.Tensor:  # fmt: skip
+def encode(
+    backbone: torch.nn.Module, tiles: pd.DataFrame, img_size: int, batch_size: int = 64, num_workers: int = 0
+) -> torch.Tensor:
     """(n_tiles, n_features) features of the frozen backbone, in the order of `tiles`, on the CPU (the probe trains
     there; the cache is a CPU tensor). The backbone encodes on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,8 +91,9 @@ def cache_path(feature_dir: str | Path, key: dict[str, str]) -> Path:
     return Path(feature_dir) / name
 
 
-def cached_features(key: dict[str, str], compute: Callable[[], torch.Tensor],
-                    feature_dir: str | Path | None) -> torch.Tensor:  # fmt: skip
+def cached_features(
+    key: dict[str, str], compute: Callable[[], torch.Tensor], feature_dir: str | Path | None
+) -> torch.Tensor:
     """Features under `key`: read from the cache when the file holds this key, else computed and written.
 
     `feature_dir=None` computes every time and writes nothing.

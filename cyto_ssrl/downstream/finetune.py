@@ -41,8 +41,9 @@ def train_transform(img_size: int) -> v2.Compose:
     """The evaluation preprocessing plus flips and quarter turns: unlike crops, they keep every cell in view, so a
     positive tile stays positive."""
     turns = [v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]
-    return v2.Compose([eval_transform(img_size), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
-                       v2.RandomChoice(turns)])  # fmt: skip
+    return v2.Compose(
+        [eval_transform(img_size), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomChoice(turns)]
+    )
 
 
 @torch.no_grad()
@@ -54,9 +55,15 @@ def predict(model: Classifier, tiles: pd.DataFrame, img_size: int, batch_size: i
     return np.concatenate([positive_scores(model.logits(images.to(device))) for images, _ in loader])
 
 
-def finetune(backbone: nn.Module, train: pd.DataFrame, val: pd.DataFrame, img_size: int, loop: LoopConfig,
-             eval_batch_size: int = 64,
-             on_epoch: EpochCallback | None = None) -> tuple[Classifier, BestEpoch]:  # fmt: skip
+def finetune(
+    backbone: nn.Module,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    img_size: int,
+    loop: LoopConfig,
+    eval_batch_size: int = 64,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Classifier, BestEpoch]:
     """Train backbone and head with AdamW on `train`; returns the model of the best validation epoch."""
     accelerator = stage_accelerator()  # full precision, whatever an earlier stage of this process asked for
     set_seed(loop.seed)

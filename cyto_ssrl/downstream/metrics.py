@@ -41,8 +41,7 @@ def check_binary_labels(y) -> np.ndarray:
         raise CytoError(f"evaluation labels must be 0 (negative) or 1 (positive), got {sorted(values)[:5]}")
     if len(values) < 2:
         raise CytoError(
-            f"evaluation labels contain one class only ({len(y)} labels, all {sorted(values)}); "
-            "AUC and SP/SE need both"
+            f"evaluation labels contain one class only ({len(y)} labels, all {sorted(values)}); AUC and SP/SE need both"
         )
     return y.astype(int)
 

@@ -7,7 +7,7 @@ The probe is a tiny head on fixed in-memory tensors, so it trains in plain torch
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.train import LoopConfig, lr_at
 
-# Called after every epoch with {"train/val_acc": ..., "train/loss": ...}: logs the curve, or reports to an Optuna trial.
+# Called after every epoch with {"train/val_acc": ..., "train/loss": ...}: logs the curve, or reports to an Optuna
+# trial.
 EpochCallback = Callable[[int, dict[str, float]], None]
 VAL_ACC = "train/val_acc"
 # Training features: a tensor, or a function called every epoch that returns them. The function lets
@@ -76,8 +77,14 @@ def probe_scores(head: nn.Module, features: torch.Tensor) -> np.ndarray:
     return positive_scores(head(features))
 
 
-def train_probe(train_x: TrainFeatures, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                loop: LoopConfig, on_epoch: EpochCallback | None = None) -> tuple[nn.Module, BestEpoch]:  # fmt: skip
+def train_probe(
+    train_x: TrainFeatures,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    loop: LoopConfig,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[nn.Module, BestEpoch]:
     """SGD (momentum 0.9) on the head for loop.epochs; returns the head of the best validation epoch."""
     torch.manual_seed(loop.seed)
     head = linear_head(val_x.shape[1])  # from val_x: train_x may be a function

@@ -39,11 +39,13 @@ def knn_sweep(train_x, train_y, test_x, test_y, ks=(1, 5, 10, 20, 50)) -> pd.Dat
         # Brute force: the tree indexes do not support the cosine metric.
         knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(train_x, train_y)
         pred = knn.predict(test_x)
-        rows.append({
-            "k": k,
-            "weighted_f1": float(f1_score(test_y, pred, average="weighted", zero_division=0)),
-            "acc": float(accuracy_score(test_y, pred)),
-        })
+        rows.append(
+            {
+                "k": k,
+                "weighted_f1": float(f1_score(test_y, pred, average="weighted", zero_division=0)),
+                "acc": float(accuracy_score(test_y, pred)),
+            }
+        )
     return pd.DataFrame(rows, columns=["k", "weighted_f1", "acc"])
 
 
@@ -88,10 +90,12 @@ def tsne_embedding(x, y, per_class: int = 1000, seed: int = 0) -> pd.DataFrame:
     """2-D t-SNE of up to `per_class` positives and `per_class` negatives (all when fewer; paper Fig. 6)."""
     x, y = np.asarray(x, dtype=float), check_binary_labels(y)
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([
-        rng.choice(idx, size=min(per_class, len(idx)), replace=False)
-        for idx in (np.flatnonzero(y == label) for label in (0, 1))
-    ])
+    keep = np.concatenate(
+        [
+            rng.choice(idx, size=min(per_class, len(idx)), replace=False)
+            for idx in (np.flatnonzero(y == label) for label in (0, 1))
+        ]
+    )
     keep.sort()
     x, y = x[keep], y[keep]
     n = len(x)

@@ -27,10 +27,18 @@ from cyto_ssrl.errors import CytoError
 from cyto_ssrl.lineage import manifest_path, model_manifest
 from cyto_ssrl.train import LoopConfig, absolute_lr
 
-
 # Model-version tags every downstream run carries, so results can be grouped by how the backbone was pre-trained.
-LINEAGE_TAGS = ("ratio", "ratio_r", "method", "backbone", "pool_digest", "pretrain_run_id", "pretrain_seed", "source",
-                "baseline_for")
+LINEAGE_TAGS = (
+    "ratio",
+    "ratio_r",
+    "method",
+    "backbone",
+    "pool_digest",
+    "pretrain_run_id",
+    "pretrain_seed",
+    "source",
+    "baseline_for",
+)
 
 
 @dataclass
@@ -53,8 +61,13 @@ class Setup:
     @property
     def tags(self) -> dict[str, str]:
         lineage = {key: self.version.tags[key] for key in LINEAGE_TAGS if key in self.version.tags}
-        return {**lineage, "model_uri": self.model_uri, "model_name": self.version.name,
-                "model_version": self.version.version, "model_label": self.label}  # fmt: skip
+        return {
+            **lineage,
+            "model_uri": self.model_uri,
+            "model_name": self.version.name,
+            "model_version": self.version.version,
+            "model_label": self.label,
+        }
 
     @property
     def label(self) -> str:
@@ -94,44 +107,64 @@ class Setup:
         return self._features[partition]
 
 
-def prepare(model_uri: str, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0,
-            **overrides) -> Setup:  # fmt: skip
+def prepare(
+    model_uri: str, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0, **overrides
+) -> Setup:
     """Resolve the model version and its manifest, and check the evaluation partition can be scored."""
     version = tracking.model_version(model_uri)
     missing = [tag for tag in ("ratio", "img_size") if tag not in version.tags]
     if missing:
-        raise CytoError(f"{model_uri} (version {version.version}) has no {' or '.join(missing)} tag: "
-                        "register backbones through the pretrain stage")  # fmt: skip
+        raise CytoError(
+            f"{model_uri} (version {version.version}) has no {' or '.join(missing)} tag: "
+            "register backbones through the pretrain stage"
+        )
     cfg = preset(DOWNSTREAM_PRESETS, preset_name, seed=seed, **overrides)
     path = manifest_path(manifest) if manifest else model_manifest(model_uri, version)
     tiles = read_manifest(path)
     evaluation = labelled_tiles(tiles, "evaluation")
     if evaluation["y"].nunique() < 2:
-        raise CytoError(f"the evaluation partition of {path} holds {evaluation['label'].iloc[0]} tiles only; "
-                        "SP, SE and AUC need both classes")  # fmt: skip
+        raise CytoError(
+            f"the evaluation partition of {path} holds {evaluation['label'].iloc[0]} tiles only; "
+            "SP, SE and AUC need both classes"
+        )
     return Setup(model_uri, version, path, labelled_tiles(tiles, "downstream"), evaluation, cfg, preset_name)
 
 
-def budget_loop(settings: TrainingSettings, budget: float, n_train: int, blr: float, lr: float | None, seed: int,
-                num_workers: int) -> LoopConfig:  # fmt: skip
+def budget_loop(
+    settings: TrainingSettings, budget: float, n_train: int, blr: float, lr: float | None, seed: int, num_workers: int
+) -> LoopConfig:
     """The budget's batch size (never more than its training tiles) and lr = blr x batch / 256 unless lr is given."""
     batch = min(settings.batch_size(budget), n_train)
-    return LoopConfig(epochs=settings.epochs, batch_size=batch, lr=absolute_lr(blr, lr, batch),
-                      min_lr=settings.min_lr, warmup_epochs=settings.warmup_epochs,
-                      weight_decay=settings.weight_decay, grad_accum_steps=1, num_workers=num_workers,
-                      seed=seed)  # fmt: skip
+    return LoopConfig(
+        epochs=settings.epochs,
+        batch_size=batch,
+        lr=absolute_lr(blr, lr, batch),
+        min_lr=settings.min_lr,
+        warmup_epochs=settings.warmup_epochs,
+        weight_decay=settings.weight_decay,
+        grad_accum_steps=1,
+        num_workers=num_workers,
+        seed=seed,
+    )
 
 
-def train_on_split(setup: Setup, mode: str, train: pd.DataFrame, val: pd.DataFrame, loop: LoopConfig,
-                   on_epoch: EpochCallback | None = None) -> tuple[torch.nn.Module, BestEpoch]:  # fmt: skip
+def train_on_split(
+    setup: Setup,
+    mode: str,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    loop: LoopConfig,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[torch.nn.Module, BestEpoch]:
     """Train the mode's classifier on one budget's split (the evaluation partition is not touched); returns the
     classifier of the best validation epoch and the record of every epoch."""
     if mode == "linear":
         x = setup.features("downstream")
         y = torch.tensor(setup.downstream["y"].to_numpy())
         return train_probe(x[train.index], y[train.index], x[val.index], y[val.index], loop, on_epoch)
-    return finetune(copy.deepcopy(setup.backbone), train, val, setup.img_size, loop, setup.cfg.eval_batch_size,
-                    on_epoch)  # fmt: skip
+    return finetune(
+        copy.deepcopy(setup.backbone), train, val, setup.img_size, loop, setup.cfg.eval_batch_size, on_epoch
+    )
 
 
 def evaluation_scores(setup: Setup, mode: str, model: torch.nn.Module) -> np.ndarray:

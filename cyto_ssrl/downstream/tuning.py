@@ -12,8 +12,8 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from cyto_ssrl import tracking
-from cyto_ssrl.names import budget_label
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.names import budget_label
 
 
 def study_name(version, mode: str, budget: float) -> str:

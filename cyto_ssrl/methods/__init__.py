@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods.base import SSLMethod, create_backbone
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.methods.dino import DINO
 from cyto_ssrl.methods.mae import MAE
 from cyto_ssrl.methods.moco import MoCo

@@ -16,11 +16,14 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor, nn
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.methods.config import PretrainConfig
 
-VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
-             "vit_base": "vit_base_patch16_224"}
+VIT_NAMES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+}
 
 
 def create_backbone(name: str, img_size: int, patch_size: int) -> nn.Module:
@@ -32,8 +35,13 @@ def create_backbone(name: str, img_size: int, patch_size: int) -> nn.Module:
         # pooled tokens, and every method then exports the same kind of feature. fc_norm=False keeps timm's final
         # LayerNorm on every token (MAE's encoder output) instead of one LayerNorm after pooling.
         return timm.create_model(
-            VIT_NAMES[name], pretrained=False, num_classes=0, img_size=img_size, patch_size=patch_size,
-            global_pool="avg", fc_norm=False,
+            VIT_NAMES[name],
+            pretrained=False,
+            num_classes=0,
+            img_size=img_size,
+            patch_size=patch_size,
+            global_pool="avg",
+            fc_norm=False,
         )
     if timm.is_model(name) and timm.models.is_model_in_modules(name, ["resnet"]):
         return timm.create_model(name, pretrained=False, num_classes=0)
@@ -65,7 +73,9 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
 

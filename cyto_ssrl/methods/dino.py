@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.methods.base import SSLMethod, all_reduce_mean, create_backbone, ema_update, frozen_copy
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.methods.losses import dino_loss
 
 
@@ -40,8 +40,10 @@ class DINOHead(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
         self.last_layer = NormedLinear(bottleneck_dim, out_dim)

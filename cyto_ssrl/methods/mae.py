@@ -11,9 +11,9 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods.base import SSLMethod, create_backbone
+from cyto_ssrl.methods.config import PretrainConfig
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> Tensor:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.methods.base import MLP, SSLMethod, create_backbone, ema_update, frozen_copy, gather
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.methods.losses import info_nce_queue
 
 
@@ -44,7 +44,7 @@ class MoCo(SSLMethod):
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
         """Overwrite the oldest entries with `keys` (all processes' keys, so every process keeps the same queue)."""
-        keys = keys[-len(self.queue):].to(self.queue.dtype)  # keys are half precision under autocast
+        keys = keys[-len(self.queue) :].to(self.queue.dtype)  # keys are half precision under autocast
         slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
         self.queue[slots] = keys
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cyto_ssrl.config import PretrainConfig
 from cyto_ssrl.methods.base import MLP, SSLMethod, create_backbone, gather
+from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.methods.losses import nt_xent
 
 

@@ -21,17 +21,31 @@ from cyto_ssrl.config import flatten
 from cyto_ssrl.downstream.budgets import budget_seed, draw_budget
 from cyto_ssrl.downstream.config import PAPER_BUDGETS, TRAINED_MODES
 from cyto_ssrl.downstream.metrics import binary_metrics, confusion, plot_confusion, plot_roc
-from cyto_ssrl.downstream.representation import (kmeans_scores, knn_sweep, plot_knn, plot_tsne, svm_separability,
-                                                 tsne_embedding)
+from cyto_ssrl.downstream.representation import (
+    kmeans_scores,
+    knn_sweep,
+    plot_knn,
+    plot_tsne,
+    svm_separability,
+    tsne_embedding,
+)
 from cyto_ssrl.downstream.setup import Setup, base_lr, budget_loop, evaluation_scores, prepare, train_on_split
 from cyto_ssrl.names import budget_label
 
 MODES = (*TRAINED_MODES, "representation")
 
 
-def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, resamples: int = 5,
-                   preset_name: str = "tiny", lr: float | str | None = None, manifest: str | None = None,
-                   seed: int = 0, **overrides) -> str:  # fmt: skip
+def run_downstream(
+    model_uri: str,
+    mode: str = "linear",
+    budgets=PAPER_BUDGETS,
+    resamples: int = 5,
+    preset_name: str = "tiny",
+    lr: float | str | None = None,
+    manifest: str | None = None,
+    seed: int = 0,
+    **overrides,
+) -> str:
     """Evaluate a registered backbone; returns the parent run id. Overrides are DownstreamConfig fields.
 
     `lr`: None uses the preset's blr, a number is the absolute lr, "tuned" the best blr of a finished `tune` study
@@ -44,9 +58,18 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
     for budget in trained:  # infeasible budgets fail here, before anything is logged
         draw_budget(setup.downstream, budget, 0, seed)
     blrs = {budget: base_lr(setup, mode, budget, lr) for budget in trained}
-    params = {"model_uri": model_uri, "mode": mode, "budgets": ",".join(map(budget_label, budgets)),
-              "resamples": resamples, "preset": preset_name, "lr": lr, "manifest": setup.manifest, "seed": seed,
-              **setup.ratio_params, **flatten(setup.cfg)}  # fmt: skip
+    params = {
+        "model_uri": model_uri,
+        "mode": mode,
+        "budgets": ",".join(map(budget_label, budgets)),
+        "resamples": resamples,
+        "preset": preset_name,
+        "lr": lr,
+        "manifest": setup.manifest,
+        "seed": seed,
+        **setup.ratio_params,
+        **flatten(setup.cfg),
+    }
     with tracking.stage_run("downstream", params, setup.tags, run_name=f"{setup.label}/{mode}") as parent:
         tracking.set_tags({"manifest": setup.manifest})
         setup.log_lineage()
@@ -60,24 +83,44 @@ def run_downstream(model_uri: str, mode: str = "linear", budgets=PAPER_BUDGETS, 
     return parent.info.run_id
 
 
-def budget_run(setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None,
-               run_id: str | None = None) -> None:  # fmt: skip
+def budget_run(
+    setup: Setup, mode: str, budget: float, resample: int, blr: float, lr: float | None, run_id: str | None = None
+) -> None:
     """One budget x resample: train on its split, score the evaluation partition; one run (a study cell)."""
     cfg = setup.cfg
     settings = cfg.training(mode)
     train, val = draw_budget(setup.downstream, budget, resample, cfg.seed)
     run_seed = budget_seed(cfg.seed, budget, resample)
     loop = budget_loop(settings, budget, len(train), blr, lr, run_seed, cfg.num_workers)
-    params = {"model_uri": setup.model_uri, "mode": mode, "budget": budget_label(budget), "resample": resample,
-              "preset": setup.preset_name, "seed": cfg.seed, "run_seed": run_seed, "blr": blr, "lr": loop.lr,
-              "lr_given": lr is not None, "batch_size": loop.batch_size, "epochs": loop.epochs,
-              "warmup_epochs": loop.warmup_epochs, "weight_decay": loop.weight_decay, "min_lr": loop.min_lr,
-              "n_train": len(train), "n_val": len(val), "n_eval": len(setup.evaluation),
-              **setup.ratio_params}  # fmt: skip
+    params = {
+        "model_uri": setup.model_uri,
+        "mode": mode,
+        "budget": budget_label(budget),
+        "resample": resample,
+        "preset": setup.preset_name,
+        "seed": cfg.seed,
+        "run_seed": run_seed,
+        "blr": blr,
+        "lr": loop.lr,
+        "lr_given": lr is not None,
+        "batch_size": loop.batch_size,
+        "epochs": loop.epochs,
+        "warmup_epochs": loop.warmup_epochs,
+        "weight_decay": loop.weight_decay,
+        "min_lr": loop.min_lr,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_eval": len(setup.evaluation),
+        **setup.ratio_params,
+    }
     name = names.budget_run(setup.label, mode, budget, resample)
     system_metrics = mode == "finetune"
-    with tracking.stage_run("downstream", params, setup.tags, run_name=name, run_id=run_id, system_metrics=system_metrics), \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    with (
+        tracking.stage_run(
+            "downstream", params, setup.tags, run_name=name, run_id=run_id, system_metrics=system_metrics
+        ),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         setup.log_lineage()
         draw = f"b{budget_label(budget)}-r{resample}"
         tracking.log_dataset(train, setup.manifest, name=f"train-{draw}", context="train")
@@ -100,8 +143,11 @@ def _log_evaluation(setup: Setup, y: np.ndarray, scores: np.ndarray, dataset, su
     """The six metrics, filed under the evaluated backbone and the evaluation dataset too, and the confusion
     matrix and ROC as images the chart view compares across runs."""
     metrics = binary_metrics(y, scores)
-    tracking.log_metrics({f"{names.EVAL}{name}": value for name, value in metrics.items()},
-                         model_id=tracking.logged_model_id(setup.version), dataset=dataset)  # fmt: skip
+    tracking.log_metrics(
+        {f"{names.EVAL}{name}": value for name, value in metrics.items()},
+        model_id=tracking.logged_model_id(setup.version),
+        dataset=dataset,
+    )
     tracking.log_image(plot_confusion(confusion(y, scores >= 0.5), subject), "confusion_matrix")
     tracking.log_image(plot_roc(y, scores, subject), "roc")
 
@@ -111,12 +157,23 @@ def representation_run(setup: Setup, run_id: str | None = None) -> None:
     cfg = setup.cfg
     train_x, eval_x = setup.features("downstream").numpy(), setup.features("evaluation").numpy()
     train_y, eval_y = setup.downstream["y"].to_numpy(), setup.evaluation["y"].to_numpy()
-    params = {"model_uri": setup.model_uri, "mode": "representation", "preset": setup.preset_name, "seed": cfg.seed,
-              "knn_ks": cfg.knn_ks, "svm_folds": cfg.svm_folds, "tsne_per_class": cfg.tsne_per_class,
-              "n_train": len(train_x), "n_eval": len(eval_x), **setup.ratio_params}  # fmt: skip
+    params = {
+        "model_uri": setup.model_uri,
+        "mode": "representation",
+        "preset": setup.preset_name,
+        "seed": cfg.seed,
+        "knn_ks": cfg.knn_ks,
+        "svm_folds": cfg.svm_folds,
+        "tsne_per_class": cfg.tsne_per_class,
+        "n_train": len(train_x),
+        "n_eval": len(eval_x),
+        **setup.ratio_params,
+    }
     name = names.representation_run(setup.label)
-    with tracking.stage_run("downstream", params, setup.tags, run_name=name, run_id=run_id), \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    with (
+        tracking.stage_run("downstream", params, setup.tags, run_name=name, run_id=run_id),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         folder = Path(tmp)
         setup.log_lineage()
         tracking.log_dataset(setup.downstream, setup.manifest, name="downstream", context="train")
@@ -126,8 +183,12 @@ def representation_run(setup: Setup, run_id: str | None = None) -> None:
         kmeans = kmeans_scores(eval_x, eval_y, seed=cfg.seed)
         svm, folds = svm_separability(eval_x, eval_y, cfg.svm_folds, cfg.seed)
         tsne = tsne_embedding(eval_x, eval_y, cfg.tsne_per_class, cfg.seed)
-        scores = {"knn_best_weighted_f1": best["weighted_f1"], "knn_best_k": best["k"],
-                  **{f"kmeans_{k}": v for k, v in kmeans.items()}, **{f"svm_{k}": v for k, v in svm.items()}}
+        scores = {
+            "knn_best_weighted_f1": best["weighted_f1"],
+            "knn_best_k": best["k"],
+            **{f"kmeans_{k}": v for k, v in kmeans.items()},
+            **{f"svm_{k}": v for k, v in svm.items()},
+        }
         tracking.log_metrics({f"{names.REPRESENTATION}{key}": value for key, value in scores.items()})
         tracking.log_table(knn, folder / "knn.csv")
         tracking.log_ui_table(knn, "knn.json")

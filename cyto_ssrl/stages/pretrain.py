@@ -16,19 +16,32 @@ import torch
 from safetensors.torch import load_file
 
 from cyto_ssrl import names, tracking
-from cyto_ssrl.config import PRETRAIN_PRESETS, PretrainConfig, flatten, preset, pretrain_preset_name
-from cyto_ssrl.data.pools import parse_ratio, pool_digest, ratio_alias, ratio_label, read_manifest
+from cyto_ssrl.config import flatten, preset
+from cyto_ssrl.data.pools import parse_ratio, pool_digest, ratio_label, read_manifest
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.lineage import tiles_run
 from cyto_ssrl.methods import build_method, create_backbone
+from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset_name
 from cyto_ssrl.pretrain import PretrainJob, load_backbone, run_job
+from cyto_ssrl.stages import registration
 from cyto_ssrl.stages.pools import run_pools
 
 
-def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "tiny-mae", manifest: str | None = None,
-                 pool: str | None = None, pool_size: int = 200, seed: int = 0, num_processes: int = 1,
-                 resume: str | None = None, init: str | None = None, output_dir: str = "outputs/pretrain",
-                 continue_from: str | None = None, run_id: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+def run_pretrain(
+    method: str = "mae",
+    ratio: str = "1:1",
+    preset_name: str = "tiny-mae",
+    manifest: str | None = None,
+    pool: str | None = None,
+    pool_size: int = 200,
+    seed: int = 0,
+    num_processes: int = 1,
+    resume: str | None = None,
+    init: str | None = None,
+    output_dir: str = "outputs/pretrain",
+    continue_from: str | None = None,
+    run_id: str | None = None,
+    **overrides,
+) -> tuple[str, str]:
     """Stage 3 as a run: pre-train and register; returns (run id, registered model URI `models:/name/version`).
 
     `resume` continues a killed run in that run; `continue_from` (a failed run's job folder) starts a new run from
@@ -42,8 +55,14 @@ def run_pretrain(method: str = "mae", ratio: str = "1:1", preset_name: str = "ti
     cfg: PretrainConfig = preset(PRETRAIN_PRESETS, preset_name, method=method, seed=seed, **overrides)
     build_method(cfg)  # unknown method, backbone or bad settings fail here, before any run or pool exists
     r = parse_ratio(ratio)
-    params = {"ratio": ratio_label(r), "ratio_r": r, "preset": preset_name, "pool_size": pool_size,
-              "num_processes": num_processes, **flatten(cfg)}  # fmt: skip
+    params = {
+        "ratio": ratio_label(r),
+        "ratio_r": r,
+        "preset": preset_name,
+        "pool_size": pool_size,
+        "num_processes": num_processes,
+        **flatten(cfg),
+    }
     tags = {"method": cfg.method, "backbone": cfg.backbone, "ratio": ratio_label(r)}
     label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
     with tracking.stage_run("pretrain", params, tags, run_name=label, run_id=run_id, system_metrics=True) as run:
@@ -96,10 +115,25 @@ def _launch(job: PretrainJob, num_processes: int) -> None:
     env = tracking.tracking_env()
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--main_process_port", str(_free_port()),
-           "--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no",
-           "-m", "cyto_ssrl.pretrain", str(job_file)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "--mixed_precision",
+        job.cfg.mixed_precision,
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "cyto_ssrl.pretrain",
+        str(job_file),
+    ]
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise CytoError(f"accelerate launch with {num_processes} processes failed (exit {result.returncode})")
@@ -113,35 +147,20 @@ def _free_port() -> int:
 
 
 def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:
-    cfg = job.cfg
     r = parse_ratio(tracking.run_params(job.run_id)["ratio"])
-    backbone = load_backbone(cfg, job.job_dir)
-    tags = {"ratio": ratio_label(r), "ratio_r": r, "method": cfg.method, "backbone": cfg.backbone,
-            "pool_digest": pool_digest(pool), "pool_size": len(pool), "epochs": cfg.epochs, "preset": preset_name,
-            "tiles_run_id": tiles_run(job.pool_path), "pretrain_run_id": job.run_id,
-            "img_size": cfg.img_size, "pretrain_seed": cfg.seed}  # fmt: skip
-    name = names.registered_model(cfg.method, cfg.backbone)
-    label = names.pretrained_label(cfg.method, cfg.backbone, ratio_label(r), cfg.seed)
-    registration = tracking.Registration(
-        model_name=name, alias=ratio_alias(r), logged_name=names.logged_model_name(label), step=cfg.epochs - 1,
-        tags=tags,
-        model_description=f"{cfg.method} backbones ({cfg.backbone}) pre-trained by cyto_ssrl, one version per "
-        "pre-training run, tagged with their pool's ratio (`ratio`, numeric `ratio_r`), digest and size. The alias "
-        f"`r<r>` points at the newest version pre-trained at 1:r. Load one with "
-        f"`mlflow.pytorch.load_model('models:/{name}@r100')`.",
-        version_description=f"{label}: {cfg.method} {cfg.backbone} pre-trained for {cfg.epochs} epochs (preset "
-        f"{preset_name}) on pool {tags['pool_digest']}, {len(pool)} tiles at {ratio_label(r)} positive:negative; "
-        f"pre-training run {job.run_id}. Load: `mlflow.pytorch.load_model('models:/{name}/{{version}}')`. The runs "
-        f"that evaluated it: `tags.model_name = '{name}' and tags.model_version = '{{version}}'`.",
-    )  # fmt: skip
-    example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
-    version = tracking.register_backbone(backbone, registration, example)
-    tracking.set_tags({"model_uri": f"models:/{name}/{version}"})  # what the study's downstream cells read
-    return f"models:/{name}/{version}"
+    chosen = registration.pretrained(job.cfg, preset_name, job.run_id, pool, job.pool_path, r)
+    return registration.register(load_backbone(job.cfg, job.job_dir), chosen, job.cfg.img_size)
 
 
-def register_external(init: str, method: str = "mae", preset_name: str = "tiny", seed: int = 0,
-                      baseline_for: str | None = None, run_id: str | None = None, **overrides) -> tuple[str, str]:  # fmt: skip
+def register_external(
+    init: str,
+    method: str = "mae",
+    preset_name: str = "tiny",
+    seed: int = 0,
+    baseline_for: str | None = None,
+    run_id: str | None = None,
+    **overrides,
+) -> tuple[str, str]:
     """A baseline backbone from a local weights file (ImageNet, CONCH ...), registered like a pre-trained one.
 
     The backbone is the preset's for `method`, unless overridden; `baseline_for` names the methods it is the
@@ -151,30 +170,19 @@ def register_external(init: str, method: str = "mae", preset_name: str = "tiny",
         raise CytoError(f"init weights {init} do not exist (nothing is downloaded: give a local file)")
     cfg: PretrainConfig = preset(PRETRAIN_PRESETS, pretrain_preset_name(preset_name, method), seed=seed, **overrides)
     backbone = create_backbone(cfg.backbone, cfg.img_size, cfg.patch_size)
-    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    state = (
+        load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    )
     missing, _ = backbone.load_state_dict(state, strict=False)
     if missing:
-        raise CytoError(f"{init} does not fit backbone {cfg.backbone}: {len(missing)} weights missing, e.g. {missing[0]}")
+        raise CytoError(
+            f"{init} does not fit backbone {cfg.backbone}: {len(missing)} weights missing, e.g. {missing[0]}"
+        )
     params = {"init": str(path.resolve()), "preset": preset_name, **flatten(cfg)}
     baseline_for = baseline_for or method
-    tags = {"ratio": names.EXTERNAL, "ratio_r": 0, "method": names.EXTERNAL, "backbone": cfg.backbone,
-            "source": path.name, "baseline_for": baseline_for, "pool_digest": "", "pool_size": 0, "epochs": 0,
-            "preset": preset_name, "tiles_run_id": "", "img_size": cfg.img_size}  # fmt: skip
-    name = names.registered_model(names.EXTERNAL, cfg.backbone)
-    label = names.external_label(cfg.backbone, path.name)
     run_tags = {"method": names.EXTERNAL, "ratio": names.EXTERNAL, "baseline_for": baseline_for}
+    label = names.external_label(cfg.backbone, path.name)
     with tracking.stage_run("pretrain", params, run_tags, run_name=label, run_id=run_id) as run:
-        registration = tracking.Registration(
-            model_name=name, alias=names.EXTERNAL, logged_name=names.logged_model_name(label), step=0,
-            tags={**tags, "pretrain_run_id": run.info.run_id},
-            model_description=f"Baseline {cfg.backbone} backbones from weights files (not pre-trained by cyto_ssrl: "
-            "ImageNet, CONCH, a random initialisation ...), registered to be evaluated like the pre-trained ones. "
-            "The alias `external` points at the newest.",
-            version_description=f"{label}: {cfg.backbone} with the weights of {path.name}, the baseline of "
-            f"{baseline_for}. Load: `mlflow.pytorch.load_model('models:/{name}/{{version}}')`. The runs that "
-            f"evaluated it: `tags.model_name = '{name}' and tags.model_version = '{{version}}'`.",
-        )  # fmt: skip
-        example = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
-        version = tracking.register_backbone(backbone.eval(), registration, example)
-        tracking.set_tags({"model_uri": f"models:/{name}/{version}"})
-    return run.info.run_id, f"models:/{name}/{version}"
+        chosen = registration.external(cfg, preset_name, run.info.run_id, path.name, baseline_for)
+        uri = registration.register(backbone, chosen, cfg.img_size)
+    return run.info.run_id, uri

@@ -9,20 +9,33 @@ from pathlib import Path
 import pandas as pd
 
 from cyto_ssrl import tracking
-from cyto_ssrl.config import TILE_PRESETS, TileConfig, flatten, preset
+from cyto_ssrl.config import flatten, preset
+from cyto_ssrl.data.config import TILE_PRESETS, TileConfig
 from cyto_ssrl.data.tiles import make_tiles, summarize
 from cyto_ssrl.lineage import manifest_path
 
 
-def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_dir: str = "outputs/tiles",
-              preset_name: str = "tiny", annotations: str | None = None, run_id: str | None = None,
-              **overrides) -> tuple[str, Path]:  # fmt: skip
+def run_tiles(
+    source: str = "synthetic",
+    input_dir: str | None = None,
+    output_dir: str = "outputs/tiles",
+    preset_name: str = "tiny",
+    annotations: str | None = None,
+    run_id: str | None = None,
+    **overrides,
+) -> tuple[str, Path]:
     """Stage 1 as a run (or in `run_id`, a study cell's): returns (run id, manifest path). Overrides are TileConfig
     fields."""
     cfg: TileConfig = preset(TILE_PRESETS, preset_name, **overrides)
     output = Path(output_dir).resolve()
-    params = {"source": source, "input": input_dir, "output": output, "preset": preset_name,
-              "annotations": annotations, **flatten(cfg)}  # fmt: skip
+    params = {
+        "source": source,
+        "input": input_dir,
+        "output": output,
+        "preset": preset_name,
+        "annotations": annotations,
+        **flatten(cfg),
+    }
     with tracking.stage_run("tiles", params, run_name=f"tiles-{source}", run_id=run_id) as run:
         manifest = make_tiles(source, input_dir, output, cfg, annotations)
         manifest_path = output / "manifest.parquet"
@@ -41,13 +54,23 @@ def run_tiles(source: str = "synthetic", input_dir: str | None = None, output_di
         tracking.log_table(skipped, output / "skipped_slides.csv")
         tracking.log_artifact(manifest_path)
         counts = manifest.groupby(["partition", "label"]).size()
-        tracking.log_metrics({"n_tiles": len(manifest), "n_slides": manifest["slide_id"].nunique(),
-                              "slides_skipped": len(skipped), **{f"n_{p}_{lab}": n for (p, lab), n in counts.items()},
-                              **{f"n_{r.partition}_{k}": getattr(r, k) for r in balance.itertuples()
-                                 for k in ("kept", "dropped")}})  # fmt: skip
+        tracking.log_metrics(
+            {
+                "n_tiles": len(manifest),
+                "n_slides": manifest["slide_id"].nunique(),
+                "slides_skipped": len(skipped),
+                **{f"n_{p}_{lab}": n for (p, lab), n in counts.items()},
+                **{f"n_{r.partition}_{k}": getattr(r, k) for r in balance.itertuples() for k in ("kept", "dropped")},
+            }
+        )
         tracking.log_dataset(manifest, manifest_path, name=f"tiles-{source}", context="tiles")
-        tracking.set_tags({"manifest": manifest_path, "tiles_digest": tiles_digest(source, input_dir, annotations, cfg),
-                           "manifest_sha256": file_digest(manifest_path)})  # fmt: skip
+        tracking.set_tags(
+            {
+                "manifest": manifest_path,
+                "tiles_digest": tiles_digest(source, input_dir, annotations, cfg),
+                "manifest_sha256": file_digest(manifest_path),
+            }
+        )
     return run.info.run_id, manifest_path
 
 

@@ -24,21 +24,29 @@ from cyto_ssrl.downstream.tuning import default_storage, shown_storage, study_na
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.names import budget_label
 
-
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluator needs at least two completed trials
 
 
-def run_tune(model_uri: str, mode: str = "linear", budget: float = 1, n_trials: int = 10,
-             storage: str | None = None, preset_name: str = "tiny", manifest: str | None = None, seed: int = 0,
-             **overrides) -> tuple[str, float]:  # fmt: skip
+def run_tune(
+    model_uri: str,
+    mode: str = "linear",
+    budget: float = 1,
+    n_trials: int = 10,
+    storage: str | None = None,
+    preset_name: str = "tiny",
+    manifest: str | None = None,
+    seed: int = 0,
+    **overrides,
+) -> tuple[str, float]:
     """Tune blr on resample 0 of `budget`; returns (parent run id, best blr). Reruns add trials to the study."""
     one_of("mode for tune (it trains a classifier)", mode, TRAINED_MODES)
     at_least("n_trials", n_trials, 1)
     return tune_setup(prepare(model_uri, preset_name, manifest, seed, **overrides), mode, budget, n_trials, storage)
 
 
-def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
-               storage: str | None = None, run_id: str | None = None) -> tuple[str, float]:  # fmt: skip
+def tune_setup(
+    setup: Setup, mode: str, budget: float, n_trials: int, storage: str | None = None, run_id: str | None = None
+) -> tuple[str, float]:
     """run_tune on a prepared setup (a study cell reuses its worker's)."""
     seed = setup.cfg.seed
     train, val = draw_budget(setup.downstream, budget, 0, seed)
@@ -47,15 +55,25 @@ def tune_setup(setup: Setup, mode: str, budget: float, n_trials: int,
     settings = setup.cfg.training(mode)
     # No pruning while the lr still warms up: every trial is slow then.
     pruner = optuna.pruners.MedianPruner(n_warmup_steps=int(settings.warmup_epochs))
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner,
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", pruner=pruner, load_if_exists=True
+    )
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))  # a rerun does not repeat its trials
     # tune_mode and tune_budget, not mode and budget: a search for downstream results by params.mode and
     # params.budget must not find tuning runs.
-    params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
-              "n_trials": n_trials, "preset": setup.preset_name, "seed": seed, "blr_low": settings.blr_search[0],
-              "blr_high": settings.blr_search[1], "n_train": len(train), "n_val": len(val),
-              **setup.ratio_params}  # fmt: skip
+    params = {
+        "model_uri": setup.model_uri,
+        "tune_mode": mode,
+        "tune_budget": budget_label(budget),
+        "n_trials": n_trials,
+        "preset": setup.preset_name,
+        "seed": seed,
+        "blr_low": settings.blr_search[0],
+        "blr_high": settings.blr_search[1],
+        "n_train": len(train),
+        "n_val": len(val),
+        **setup.ratio_params,
+    }
     tags = {**setup.tags, "study_name": name, "optuna_storage": shown_storage(storage)}
     run_name = names.tune_run(setup.label, mode, budget)
     with tracking.stage_run("tune", params, tags, run_name=run_name, run_id=run_id) as parent:
@@ -85,9 +103,17 @@ def _objective(setup: Setup, mode: str, budget: float, train, val, tags: dict, r
     def objective(trial: optuna.Trial) -> float:
         blr = trial.suggest_float("blr", *settings.blr_search, log=True)
         loop = budget_loop(settings, budget, len(train), blr, None, run_seed, setup.cfg.num_workers)
-        params = {"model_uri": setup.model_uri, "tune_mode": mode, "tune_budget": budget_label(budget),
-                  "trial": trial.number, "blr": blr, "lr": loop.lr, "batch_size": loop.batch_size,
-                  "epochs": loop.epochs, **setup.ratio_params}  # fmt: skip
+        params = {
+            "model_uri": setup.model_uri,
+            "tune_mode": mode,
+            "tune_budget": budget_label(budget),
+            "trial": trial.number,
+            "blr": blr,
+            "lr": loop.lr,
+            "batch_size": loop.batch_size,
+            "epochs": loop.epochs,
+            **setup.ratio_params,
+        }
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             tracking.log_metrics(metrics, step=epoch)

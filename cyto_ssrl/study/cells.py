@@ -13,7 +13,6 @@ import torch
 from tqdm import tqdm
 
 from analysis.report import analyze
-from cyto_ssrl.config import StudyConfig
 from cyto_ssrl.downstream.setup import Setup, base_lr, prepare
 from cyto_ssrl.files import save_weights
 from cyto_ssrl.methods import create_backbone
@@ -25,6 +24,7 @@ from cyto_ssrl.stages.tune import tune_setup
 from cyto_ssrl.study.config import baseline_methods, external_weights, pretrain_config
 from cyto_ssrl.study.ledger import Ledger
 from cyto_ssrl.study.plan import Cell
+from cyto_ssrl.study.presets import StudyConfig
 
 
 @dataclass
@@ -55,8 +55,9 @@ def do_tiles(ctx: Context, cell: Cell, run_id: str) -> None:
 
 
 def do_pools(ctx: Context, cell: Cell, run_id: str) -> None:
-    run_pools(ctx.manifest(), cell.ratio, ctx.cfg.pool_size, cell.seed, output_dir=str(ctx.folder / "pools"),
-              run_id=run_id)  # fmt: skip
+    run_pools(
+        ctx.manifest(), cell.ratio, ctx.cfg.pool_size, cell.seed, output_dir=str(ctx.folder / "pools"), run_id=run_id
+    )
 
 
 def do_pretrain(ctx: Context, cell: Cell, run_id: str) -> None:
@@ -64,10 +65,19 @@ def do_pretrain(ctx: Context, cell: Cell, run_id: str) -> None:
     checkpoint = ctx.ledger.checkpoint(cell)
     if checkpoint:
         tqdm.write(f"cell {cell.key}: training continues from the last checkpoint in {checkpoint}")
-    run_pretrain(cell.method, cell.ratio, cfg.pretrain_preset, pool=ctx.ledger.output(cell.needs[0], "pool_path"),
-                 pool_size=cfg.pool_size, seed=cell.seed, num_processes=cfg.num_processes,
-                 output_dir=str(ctx.folder / "pretrain"), continue_from=checkpoint, run_id=run_id,
-                 **cfg.pretrain_overrides)  # fmt: skip
+    run_pretrain(
+        cell.method,
+        cell.ratio,
+        cfg.pretrain_preset,
+        pool=ctx.ledger.output(cell.needs[0], "pool_path"),
+        pool_size=cfg.pool_size,
+        seed=cell.seed,
+        num_processes=cfg.num_processes,
+        output_dir=str(ctx.folder / "pretrain"),
+        continue_from=checkpoint,
+        run_id=run_id,
+        **cfg.pretrain_overrides,
+    )
 
 
 def do_external(ctx: Context, cell: Cell, run_id: str) -> None:
@@ -76,8 +86,9 @@ def do_external(ctx: Context, cell: Cell, run_id: str) -> None:
     weights = external_weights(ctx.cfg)[cell.backbone]
     if weights == "random":
         weights = random_init_weights(pretrain_cfg, ctx.folder / "external")
-    register_external(weights, methods[0], preset_name, baseline_for=",".join(methods), run_id=run_id,
-                      **ctx.cfg.pretrain_overrides)  # fmt: skip
+    register_external(
+        weights, methods[0], preset_name, baseline_for=",".join(methods), run_id=run_id, **ctx.cfg.pretrain_overrides
+    )
 
 
 def random_init_weights(pretrain_cfg, folder: Path) -> str:

@@ -36,11 +36,19 @@ def claim(ledger: Ledger, cell: Cell, experiment_id: str, parent_run_id: str) ->
     for dead in runs.loc[(runs["status"] == "RUNNING") & ~is_live(runs), "run_id"]:
         tracking.end_run(dead, "FAILED")  # its worker stopped beating: it was killed
     for stale in ledger.stale(cell):
-        tqdm.write(f"cell {cell.key}: run {stale} used runs that have been replaced; it is deleted and the cell "
-                   f"runs again (`mlflow runs restore --run-id {stale}` brings the old run back)")  # fmt: skip
+        tqdm.write(
+            f"cell {cell.key}: run {stale} used runs that have been replaced; it is deleted and the cell "
+            f"runs again (`mlflow runs restore --run-id {stale}` brings the old run back)"
+        )
         tracking.delete_run(stale)
-    tags = {"stage": cell.stage, "study": ledger.study_id, "study_cell": cell.key, "heartbeat": time.time(),
-            "study_worker": WORKER, "study_inputs": ledger.inputs(cell)}  # fmt: skip
+    tags = {
+        "stage": cell.stage,
+        "study": ledger.study_id,
+        "study_cell": cell.key,
+        "heartbeat": time.time(),
+        "study_worker": WORKER,
+        "study_inputs": ledger.inputs(cell),
+    }
     run_id = tracking.create_run(experiment_id, cell.key, tags, parent_run_id)
     others = cell_runs(ledger.study_id, cell.key)
     others = others[(others["run_id"] != run_id) & ((others["status"] == "FINISHED") | is_live(others))]

@@ -9,22 +9,15 @@ from pathlib import Path
 
 from cyto_ssrl import tracking
 from cyto_ssrl.checks import at_least, one_of
-from cyto_ssrl.config import (
-    PRETRAIN_PRESETS,
-    STUDY_AXES,
-    STUDY_PRESETS,
-    TILE_PRESETS,
-    PretrainConfig,
-    StudyConfig,
-    flatten,
-    preset,
-    pretrain_preset_name,
-)
+from cyto_ssrl.config import flatten, preset
+from cyto_ssrl.data.config import TILE_PRESETS
 from cyto_ssrl.data.pools import parse_ratio
 from cyto_ssrl.downstream.budgets import check_budget
 from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS
+from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset_name
+from cyto_ssrl.study.presets import STUDY_AXES, STUDY_PRESETS, StudyConfig
 
 SOURCES = ("synthetic", "slides", "cells")
 
@@ -39,7 +32,9 @@ def load_config(name: str, **axes) -> StudyConfig:
         raise CytoError(f"unknown study preset {name!r}; choose one of {sorted(STUDY_PRESETS)} or a .json file")
     cfg = preset(STUDY_PRESETS, base, **fields, **{k: v for k, v in axes.items() if v not in (None, ())})
     # JSON gives lists; tuples keep the settings' logged form the same however the study was started.
-    lists = {f.name: tuple(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), list)}
+    lists = {
+        f.name: tuple(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), list)
+    }
     return dataclasses.replace(cfg, **lists)
 
 
@@ -59,7 +54,7 @@ def external_weights(cfg: StudyConfig) -> dict[str, str]:
     if cfg.external in ("", "random"):
         return {b: cfg.external for b in backbones if cfg.external}
     if "=" not in cfg.external:
-        return {b: cfg.external for b in backbones}
+        return dict.fromkeys(backbones, cfg.external)
     given = dict(item.split("=", 1) for item in cfg.external.split(","))
     unknown = set(given) - set(backbones)
     if unknown:

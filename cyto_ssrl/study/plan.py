@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cyto_ssrl.config import StudyConfig
 from cyto_ssrl.data.pools import parse_ratio, ratio_label
 from cyto_ssrl.names import budget_label
 from cyto_ssrl.study.config import external_weights
+from cyto_ssrl.study.presets import StudyConfig
 
 STAGES = ("tiles", "pools", "pretrain", "external", "tune", "downstream", "representation", "analysis")
 

@@ -1,7 +1,7 @@
 """The loop that works through a study's grid: it takes ready cells (all they need is done) one at a time, claims
 each, and runs its stage function inside the claimed run, until every cell is done or blocked by a failure.
 
-    python -m cyto_ssrl.study.runner STUDY_DIR/study-RUN_ID.json --parent RUN_ID   # one more worker (launch starts these)
+    python -m cyto_ssrl.study.runner STUDY_DIR/study-RUN_ID.json --parent RUN_ID   # a further worker (launch starts it)
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cyto_ssrl import tracking
-from cyto_ssrl.config import StudyConfig
 from cyto_ssrl.study.cells import STAGES, Context
 from cyto_ssrl.study.claims import STALE_S, claim, heartbeat, is_live
 from cyto_ssrl.study.config import study_dir
 from cyto_ssrl.study.ledger import Ledger
 from cyto_ssrl.study.plan import plan
+from cyto_ssrl.study.presets import StudyConfig
 
 POLL_S = 5.0  # how often a worker with nothing to do looks for work again
 
@@ -29,8 +29,15 @@ POLL_S = 5.0  # how often a worker with nothing to do looks for work again
 class Runner:
     """One worker on the grid of study `study_id`; `stages` maps a stage to the function that runs its cells."""
 
-    def __init__(self, study_id: str, cfg: StudyConfig, parent_run_id: str, experiment_id: str,
-                 progress: bool = False, stages=STAGES):  # fmt: skip
+    def __init__(
+        self,
+        study_id: str,
+        cfg: StudyConfig,
+        parent_run_id: str,
+        experiment_id: str,
+        progress: bool = False,
+        stages=STAGES,
+    ):
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.cells = plan(cfg)
         self.ledger = Ledger(study_id, self.cells)
@@ -70,8 +77,11 @@ class Runner:
         runs = self.ledger.runs
         n_done = sum(c.key in done for c in self.cells)
         if n_done != self._logged_done:
-            tracking.log_metrics({"study/cells_done": n_done, "study/cells_total": len(self.cells)}, step=n_done,
-                                 run_id=self.parent_run_id)  # fmt: skip
+            tracking.log_metrics(
+                {"study/cells_done": n_done, "study/cells_total": len(self.cells)},
+                step=n_done,
+                run_id=self.parent_run_id,
+            )
             self._logged_done = n_done
         if self.bar is not None:
             self.bar.update(n_done - self.bar.n)
@@ -79,8 +89,10 @@ class Runner:
 
     def _say_waiting(self, held: list[str]) -> None:
         if held != self._held:
-            tqdm.write(f"waiting for {len(held)} cell(s) other workers hold, e.g. {held[0]} (a killed worker's cells "
-                       f"are taken over {STALE_S:.0f} s after its last heartbeat)")  # fmt: skip
+            tqdm.write(
+                f"waiting for {len(held)} cell(s) other workers hold, e.g. {held[0]} (a killed worker's cells "
+                f"are taken over {STALE_S:.0f} s after its last heartbeat)"
+            )
             self._held = held
 
     def _take(self, cell) -> None:

@@ -1,15 +1,18 @@
-"""Shared fixtures: a fresh SQLite MLflow store per test, and the real public data beside the checkout."""
+"""Shared fixtures: a fresh SQLite MLflow store per test, the real public data beside the checkout, a synthetic
+cohort tiled once, and a backbone pre-trained once on it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 SHARED_DATA = Path(os.environ.get("CYTO_SSRL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -57,7 +60,8 @@ def small_cohort(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
     with private_store(folder):
         # deposit 900 um: at 600 the ssrl partition holds too few positives for a 1:1 pool of 64. The collection's
-        # own prevalence (balance=()): tests/test_downstream.py checks that 100 % of an unbalanced partition is refused.
+        # own prevalence (balance=()): tests/stages/test_downstream.py checks that 100 % of an unbalanced partition
+        # is refused.
         synthetic = SyntheticConfig(n_slides=6, deposit_um=900, prevalence=0.3)
         return run_tiles("synthetic", None, str(folder / "tiles"), "tiny", synthetic=synthetic, balance=())[1]
 
@@ -72,3 +76,24 @@ def synthetic_default(tmp_path_factory) -> tuple[str, str, Path]:
     with private_store(folder):
         run_id, manifest = run_tiles("synthetic", None, str(folder / "tiles"), "tiny")
     return f"sqlite:///{folder / 'mlruns.db'}", run_id, manifest
+
+
+@pytest.fixture(scope="session")
+def registered(tmp_path_factory, small_cohort):
+    """One tiny MAE backbone pre-trained by the real stages on a synthetic cohort, in a store every test copies."""
+    from cyto_ssrl.stages.pretrain import run_pretrain
+
+    folder = tmp_path_factory.mktemp("backbone")
+    with private_store(folder):
+        _, uri = run_pretrain(
+            "mae", "1:1", manifest=str(small_cohort), pool_size=64, epochs=1, batch_size=16, num_workers=0
+        )
+    return folder / "mlruns.db", uri, small_cohort
+
+
+@pytest.fixture
+def model(store, registered) -> str:
+    """The test's private store, holding a copy of the registered backbone (artifacts stay in its session folder)."""
+    db, uri, _ = registered
+    shutil.copy(db, store.removeprefix("sqlite:///"))
+    return uri

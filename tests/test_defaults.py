@@ -13,7 +13,7 @@ import pytest
 
 from cyto_ssrl.downstream.config import PAPER_BUDGETS
 
-from .test_study import micro
+from .helpers import micro
 
 MODEL = "models:/cyto-mae-vit_tiny@r1"  # what `pretrain` registers with its defaults
 

@@ -12,7 +12,7 @@ import yaml
 
 from cyto_ssrl.cli import integer, mlproject_entry, optional_integer, parse_params
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def _pins(lines) -> dict[str, str]:

@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.test_study import ROOT, free_port, micro
+from tests.helpers import ROOT, free_port, micro
 
 try:
     from playwright.sync_api import expect, sync_playwright

@@ -1,3 +1,5 @@
+"""The synthetic cohort: OpenSlide-readable pyramids whose annotations match what is drawn, seeded."""
+
 import json
 from pathlib import Path
 

@@ -24,7 +24,7 @@ from cyto_ssrl import tracking
 from cyto_ssrl.data.pools import TileImages
 from cyto_ssrl.data.transforms import MultiView
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.files import save_weights
+from cyto_ssrl.files import save_weights, write_atomic
 from cyto_ssrl.methods import build_method, create_backbone
 from cyto_ssrl.methods.config import PretrainConfig
 from cyto_ssrl.train import LoopConfig, absolute_lr, fit, make_loader, stage_accelerator
@@ -43,9 +43,8 @@ class PretrainJob:
     resume: bool = False
 
     def save(self) -> Path:
-        path = Path(self.job_dir) / "job.json"
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
-        return path
+        text = json.dumps(dataclasses.asdict(self), indent=1)
+        return write_atomic(Path(self.job_dir) / "job.json", lambda temp: temp.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> PretrainJob:

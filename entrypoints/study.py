@@ -16,7 +16,9 @@ AXIS = "'preset': the preset's"
 class Params:
     preset: str = param("demo", "demo | paper | a .json file of StudyConfig fields")
     study: str = param("preset", "study id; 'preset': named after the preset", True)
-    workers: int = param(1, ">1 needs a tracking server (entrypoints.server)")
+    executor: str = param("preset", "where cells run: local | slurm | ray; 'preset': the preset's (local)", True)
+    workers: int = param("engine", "at most this many cells at once (slurm, ray); 'engine': all it takes", True)
+    ray_address: str = param("preset", "the Ray cluster (ray://HOST:10001 or HOST:6379); '' starts a local one", True)
     # The axes: a study grows by running it again with more of them.
     ratios: str = param("preset", f"e.g. 1:1,1:10,1:100; {AXIS}", True)
     methods: str = param("preset", f"e.g. mae,simclr; {AXIS}", True)
@@ -53,6 +55,8 @@ def run() -> None:
         budgets=parse_budgets(p.budgets) if p.budgets else None,
         resamples=p.resamples,
         tune_trials=p.tune_trials,
+        executor=p.executor,
+        ray_address=p.ray_address,
     )
     study_id = p.study or p.preset.removesuffix(".json").rpartition("/")[2]
     run_study(cfg, study_id, p.preset, p.workers)  # its closing lines say where to look

@@ -6,16 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from cyto_ssrl import names, tracking
+from cyto_ssrl import machines, names, tracking
 from cyto_ssrl.config import flatten, preset
 from cyto_ssrl.data.pools import parse_ratio, pool_digest, ratio_label, read_manifest
 from cyto_ssrl.errors import CytoError
@@ -107,43 +107,43 @@ def _take_checkpoint(failed_dir: Path, job: PretrainJob) -> None:
 
 
 def _launch(job: PretrainJob, num_processes: int) -> None:
-    """Train in this process, or in `num_processes` processes through a real `accelerate launch`."""
-    if num_processes <= 1:
+    """Train in this process, or in `num_processes` processes through a real `accelerate launch` (spread over the
+    nodes of a multi-node SLURM job, see machines.py)."""
+    where = machines.from_environment()
+    if num_processes <= 1 and where.count == 1:
         run_job(job)
         return
     job_file = job.save()  # with resume set, when resuming
+    if where.count > 1 and not where.follower:
+        _launched_marker(Path(job.job_dir)).touch()  # the other nodes launch after this: they read the job as saved now
     env = tracking.tracking_env()
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu: N CPU processes joined by gloo
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        str(_free_port()),
-        "--mixed_precision",
-        job.cfg.mixed_precision,
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "cyto_ssrl.pretrain",
-        str(job_file),
-    ]
-    result = subprocess.run(cmd, env=env)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes)]
+    cmd += ["--num_machines", str(where.count), "--machine_rank", str(where.rank)]
+    cmd += ["--main_process_ip", where.main_address, "--main_process_port", str(where.port or machines.free_port())]
+    cmd += ["--mixed_precision", job.cfg.mixed_precision, "--dynamo_backend", "no", "-m", "cyto_ssrl.pretrain"]
+    result = subprocess.run([*cmd, str(job_file)], env=env)
     if result.returncode != 0:
         raise CytoError(f"accelerate launch with {num_processes} processes failed (exit {result.returncode})")
 
 
-def _free_port() -> int:
-    """A port for the processes' rendezvous: study workers launch trainings side by side, so 29500 would clash."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def follow_pretrain(run_id: str, num_processes: int, wait_s: float = 600) -> None:
+    """A node other than the first of a multi-node pre-training job: wait until node 0 has launched the run's job,
+    then train its share. The run, its checkpoints and the registration are node 0's."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        job_dir = tracking.run_tags(run_id).get("job_dir")
+        if job_dir and (marker := _launched_marker(Path(job_dir))).exists():
+            _launch(PretrainJob.load(marker.parent / "job.json"), num_processes)
+            return
+        time.sleep(5)
+    raise CytoError(f"node 0 of this job did not launch run {run_id}'s training within {wait_s:.0f} s")
+
+
+def _launched_marker(job_dir: Path) -> Path:
+    """One marker per SLURM job and attempt, so a requeued job's other nodes wait for this attempt's launch."""
+    return job_dir / f"launched-{os.environ.get('SLURM_JOB_ID', '0')}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
 
 def _register(job: PretrainJob, pool: pd.DataFrame, preset_name: str) -> str:

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from analysis.report import analyze
+from cyto_ssrl import tracking
 from cyto_ssrl.downstream.setup import Setup, base_lr, prepare
 from cyto_ssrl.files import save_weights
 from cyto_ssrl.methods import create_backbone
@@ -62,6 +63,10 @@ def do_pools(ctx: Context, cell: Cell, run_id: str) -> None:
 
 def do_pretrain(ctx: Context, cell: Cell, run_id: str) -> None:
     cfg = ctx.cfg
+    if own_checkpoint(run_id):  # the engine started this job again (preempted, requeued): go on in the same run
+        tqdm.write(f"cell {cell.key}: training goes on in run {run_id} from its last checkpoint")
+        run_pretrain(resume=run_id, num_processes=cfg.num_processes)
+        return
     checkpoint = ctx.ledger.checkpoint(cell)
     if checkpoint:
         tqdm.write(f"cell {cell.key}: training continues from the last checkpoint in {checkpoint}")
@@ -78,6 +83,11 @@ def do_pretrain(ctx: Context, cell: Cell, run_id: str) -> None:
         run_id=run_id,
         **cfg.pretrain_overrides,
     )
+
+
+def own_checkpoint(run_id: str) -> bool:
+    job_dir = tracking.run_tags(run_id).get("job_dir")
+    return bool(job_dir) and (Path(job_dir) / "epoch.json").exists()
 
 
 def do_external(ctx: Context, cell: Cell, run_id: str) -> None:

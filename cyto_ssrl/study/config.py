@@ -17,7 +17,7 @@ from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS
 from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset_name
-from cyto_ssrl.study.presets import STUDY_AXES, STUDY_PRESETS, StudyConfig
+from cyto_ssrl.study.presets import RUNTIME_FIELDS, STUDY_AXES, STUDY_PRESETS, StudyConfig
 
 SOURCES = ("synthetic", "slides", "cells")
 
@@ -40,7 +40,7 @@ def load_config(name: str, **axes) -> StudyConfig:
 
 def settings(cfg: StudyConfig) -> dict[str, str]:
     """The fields every cell of one study must share (the axes may grow), as logged params `cfg.<field>`."""
-    return {f"cfg.{k}": str(v) for k, v in flatten(cfg).items() if k not in STUDY_AXES}
+    return {f"cfg.{k}": str(v) for k, v in flatten(cfg).items() if k not in (*STUDY_AXES, *RUNTIME_FIELDS)}
 
 
 def pretrain_config(cfg: StudyConfig, method: str) -> tuple[str, PretrainConfig]:
@@ -67,17 +67,24 @@ def baseline_methods(cfg: StudyConfig, backbone: str) -> list[str]:
     return [m for m in cfg.methods if pretrain_config(cfg, m)[1].backbone == backbone]
 
 
-def validate(cfg: StudyConfig, study_id: str, workers: int) -> None:
+def validate(cfg: StudyConfig, study_id: str, workers: int | None) -> None:
     """Every input the grid depends on, checked before any run starts."""
     if not re.fullmatch(r"[\w.-]+", study_id):
         raise CytoError(f"study id {study_id!r} may hold only letters, digits, '_', '-' and '.'")
     _check_axes(cfg)
     _check_inputs(cfg)
-    at_least("workers", workers, 1)
-    if workers > 1 and not tracking.configure().startswith("http"):
+    if workers is not None:
+        at_least("workers", workers, 1)
+    if cfg.executor == "local" and (workers or 1) > 1:
         raise CytoError(
-            f"workers={workers} share the grid through a tracking server: start one with "
-            "`python -m entrypoints.server` and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
+            f"workers={workers} runs cells at once on an engine: add -P executor=ray (this machine's "
+            "cores and GPUs, or a Ray cluster) or -P executor=slurm"
+        )
+    if cfg.executor != "local" and not tracking.configure().startswith("http"):
+        raise CytoError(
+            f"executor={cfg.executor} runs cells in other processes and on other machines, which share the "
+            "study through a tracking server: start one with `python -m entrypoints.server` and set "
+            "MLFLOW_TRACKING_URI=http://HOST:5000"
         )
 
 

@@ -5,21 +5,23 @@ and say where the results are: the run's and the experiment's descriptions, and 
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
-import time
+import os
+import socket
 from pathlib import Path
 
 from cyto_ssrl import tracking
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.names import budget_label
 from cyto_ssrl.progress import quiet_bars
-from cyto_ssrl.study.claims import fail_dead_study_runs, heartbeat
 from cyto_ssrl.study.config import check_settings, settings, study_dir, validate
+from cyto_ssrl.study.executors import make_executor
+from cyto_ssrl.study.executors.base import resources
+from cyto_ssrl.study.job import save_study
+from cyto_ssrl.study.plan import plan
 from cyto_ssrl.study.presets import STUDY_AXES, StudyConfig
 from cyto_ssrl.study.runner import Runner
 
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # the study run's driver, so a second one is refused
 PROJECT_NOTE = (
     "**cyto_ssrl**: how the positive:negative imbalance of the *unlabeled* pre-training pool affects self-supervised "
     "representation learning for cervical cytology (Liu et al., CSBJ 2026). Every step is a run: tiles, pools, "
@@ -29,56 +31,74 @@ PROJECT_NOTE = (
 )
 
 
-def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", workers: int = 1) -> Path:
+def run_study(cfg: StudyConfig, study_id: str, preset_name: str = "demo", workers: int | None = None) -> Path:
     """Run (or continue, or grow) study `study_id`; returns the folder of its curves and tables.
 
-    The call is one `study` run (under `mlflow run`, the run MLflow made). It works through the grid itself and,
-    with workers > 1, starts workers - 1 more processes on the same grid.
+    The call is one `study` run (under `mlflow run`, the run MLflow made), whose process is the study's driver: it
+    hands each ready cell to the executor `cfg.executor` names, at most `workers` at once (None: as many as the
+    engine takes).
     """
     validate(cfg, study_id, workers)
     check_settings(study_id, cfg)
     folder = study_dir(cfg, study_id)
+    executor = make_executor(cfg, folder, workers)
+    if cfg.gpus is None:  # ask for GPUs where the engine has them
+        executor.check([resources(cell, dataclasses.replace(cfg, gpus=False)) for cell in plan(cfg)])
+        cfg = dataclasses.replace(cfg, gpus=executor.has_gpus())
+    executor.check([resources(cell, cfg) for cell in plan(cfg)])
+    take_over(study_id)
     params = {
         "study": study_id,
         "preset": preset_name,
-        "workers": workers,
+        "workers": workers or "engine",
+        "executor": cfg.executor,
         **settings(cfg),
         **{f"cfg.{axis}": getattr(cfg, axis) for axis in STUDY_AXES},
     }
-    fail_dead_study_runs(study_id)
-    tags = {"study": study_id, "heartbeat": time.time()}
-    with quiet_bars(), tracking.stage_run("study", params, tags=tags, run_name=f"study-{study_id}"):
+    with (
+        quiet_bars(),
+        tracking.stage_run("study", params, tags={"study": study_id, "driver": DRIVER}, run_name=f"study-{study_id}"),
+    ):
         run_id, experiment_id = tracking.active_run_info()
-        folder.mkdir(parents=True, exist_ok=True)
-        config_file = folder / f"study-{run_id}.json"
-        config_file.write_text(
-            json.dumps({"study": study_id, "experiment_id": experiment_id, "cfg": dataclasses.asdict(cfg)}, indent=1)
-        )
-        extra = [
-            subprocess.Popen(
-                [sys.executable, "-m", "cyto_ssrl.study.runner", str(config_file), "--parent", run_id],
-                env=tracking.tracking_env(),
-            )
-            for _ in range(workers - 1)
-        ]
-        worker = Runner(study_id, cfg, run_id, experiment_id, progress=True)
-        with heartbeat(run_id):
-            failed = worker.run()
-            failed_workers = sum(process.wait() != 0 for process in extra)
-        if failed or failed_workers:
-            raise CytoError(
-                f"study {study_id}: {_failures(failed)} and {failed_workers} other worker(s) failed; "
-                f"run the same command again to retry them"
-            )
-        missing = worker.unfinished()
+        config_file = save_study(folder / f"study-{run_id}.json", study_id, cfg)
+        driver = Runner(study_id, cfg, config_file, executor, (run_id, experiment_id), progress=True)
+        failed = driver.run()
+        if failed:
+            raise CytoError(f"study {study_id}: {_failures(failed)}; run the same command again to retry them")
+        missing = driver.unfinished()
         if missing:
             raise CytoError(f"study {study_id}: {len(missing)} cell(s) not finished, e.g. {missing[0]}")
-        analysis_run = worker.ledger.current[worker.cells[-1].key]
+        analysis_run = driver.ledger.current[driver.ledger.resolve(driver.cells[-1]).key]
         tracking.set_tags({"analysis_dir": folder / "analysis", "analysis_run_id": analysis_run})
-        describe(study_id, cfg, preset_name, experiment_id, analysis_run, len(worker.cells))
-    print(f"study {study_id}: {len(worker.cells)} cells done; curves and tables in {folder / 'analysis'}")
+        describe(study_id, cfg, preset_name, experiment_id, analysis_run, len(driver.cells))
+    print(f"study {study_id}: {len(driver.cells)} cells done; curves and tables in {folder / 'analysis'}")
     print(tracking.browse_hint(experiment_id))
     return folder / "analysis"
+
+
+def take_over(study_id: str) -> None:
+    """One driver per study. A RUNNING study run of this host whose process lives is a driver at work: refused. Any
+    other (its process is gone, or it ran on another host, which no clock can tell alive) was killed: marked FAILED,
+    and this driver takes its cells over, re-attaching to the jobs still queued or running."""
+    runs = tracking.find_runs("study", "RUNNING", study=study_id)
+    for run_id, driver in zip(runs.get("run_id", []), tracking.tag(runs, "driver") if not runs.empty else []):
+        host, _, pid = (driver or "").partition(":")
+        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+            raise CytoError(
+                f"study {study_id} is being run by process {pid} on this host (run {run_id}); wait for it "
+                "or stop it first"
+            )
+        tracking.end_run(run_id, "FAILED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def describe(

@@ -43,9 +43,20 @@ class StudyConfig:
     # "" has no baseline.
     external: str = "random"
     output: str = "outputs/studies"
+    # Where cells run (not a setting of the study: a study may move between engines): "local" (one after another in
+    # this process), "slurm" (each cell a SLURM job through submitit, resources from `slurm`) or "ray" (each cell a
+    # Ray task on the cluster at `ray_address`, a local Ray instance when ""). See study/executors/.
+    executor: str = "local"
+    slurm: dict[str, object] = field(default_factory=dict)  # SlurmSettings fields: partition, account, qos ...
+    ray_address: str = ""
+    # Cells that train ask the engine for GPUs (pre-training one per process, downstream one): None where the engine
+    # has any (sinfo's GRES, Ray's cluster resources); false on a CPU cluster with a few GPU nodes you leave be.
+    gpus: bool | None = None
 
 
 STUDY_AXES = ("ratios", "methods", "seeds", "modes", "budgets", "resamples")
+# Fields that say where and how cells run, not what they compute: they may change between runs of one study.
+RUNTIME_FIELDS = ("executor", "slurm", "ray_address", "gpus")
 
 
 PAPER_RATIOS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)  # positive:negative = 1:r, the paper's nine pools

@@ -46,10 +46,12 @@ from cyto_ssrl.tracking.store import (
     metric,
     param,
     run_params,
+    run_status,
     run_tags,
     set_run_tag,
     store_uri,
     tag,
+    tags_of,
     tracking_env,
 )
 
@@ -84,6 +86,7 @@ __all__ = [
     "pip_requirements",
     "register_backbone",
     "run_params",
+    "run_status",
     "run_tags",
     "runs_page",
     "set_description",
@@ -94,5 +97,6 @@ __all__ = [
     "store_uri",
     "system_metrics_interval",
     "tag",
+    "tags_of",
     "tracking_env",
 ]

@@ -52,6 +52,17 @@ class Registration:
     version_description: str  # may hold {version}: filled in once the registry numbered the version
 
 
+def _version_of_run(model_name: str, run_id: str, tags) -> str | None:
+    """The whole version a run already registered under `model_name`, if any. One a killed job left without its
+    tags is deleted, to be registered again."""
+    client = MlflowClient()
+    for version in client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'"):
+        if set(tags) <= set(version.tags):
+            return version.version
+        client.delete_model_version(model_name, version.version)
+    return None
+
+
 def register_backbone(backbone, registration: Registration, input_example) -> str:
     """Log the encoder into the active run and register it as a version with its tags, alias and descriptions;
     returns the version number.
@@ -61,6 +72,9 @@ def register_backbone(backbone, registration: Registration, input_example) -> st
     """
     from mlflow.models import infer_signature
 
+    earlier = _version_of_run(registration.model_name, mlflow.active_run().info.run_id, registration.tags)
+    if earlier:  # a job started again (requeued, retried) after it registered: the run keeps its one version
+        return earlier
     with torch.no_grad():
         output = backbone(input_example).numpy()
     signature = infer_signature(input_example.numpy(), output)

@@ -125,6 +125,19 @@ def metric(runs: pd.DataFrame | pd.Series, key: str):
     return _field(runs, "metrics", key)
 
 
+def tags_of(runs: pd.DataFrame) -> list[dict[str, str]]:
+    """Each run's tags as a dict, in the table's order."""
+    names = [name for name in runs.columns if name.startswith("tags.")]
+    return [
+        {name[5:]: value for name, value in zip(names, row) if isinstance(value, str)}
+        for row in runs[names].itertuples(index=False)
+    ]
+
+
+def run_status(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.status
+
+
 def _field(runs: pd.DataFrame | pd.Series, kind: str, key: str):
     name = f"{kind}.{key}"
     if isinstance(runs, pd.Series):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from cyto_ssrl.data.transforms import normalize_images
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import write_atomic
 from cyto_ssrl.progress import progress_bar
 
 
@@ -221,16 +223,33 @@ def fit(
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) -> None:
-    accelerator.save_state(str(checkpoint_dir / "state"))
-    if accelerator.is_main_process:
-        (checkpoint_dir / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+    """Each checkpoint in a folder of its own; epoch.json, replaced in one rename once the folder is whole, names
+    the newest. A job killed while saving leaves the previous checkpoint as it was."""
+    state = f"state-{epoch}"
+    accelerator.save_state(str(checkpoint_dir / state))
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_atomic(
+            checkpoint_dir / "epoch.json", lambda temp: temp.write_text(json.dumps({"epoch": epoch, "state": state}))
+        )
+        for old in checkpoint_dir.glob("state-*"):
+            if old.name != state:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def checkpoint_files(checkpoint_dir: Path) -> list[Path]:
+    """The files of the newest checkpoint in `checkpoint_dir` (its state folder, then epoch.json); [] if none."""
+    marker = checkpoint_dir / "epoch.json"
+    if not marker.exists():
+        return []
+    return [checkpoint_dir / json.loads(marker.read_text())["state"], marker]
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint_dir: Path | None) -> int:
     """Restore model, optimizer and RNG states; returns the first epoch still to train."""
-    marker = None if checkpoint_dir is None else checkpoint_dir / "epoch.json"
-    if marker is None or not marker.exists():
+    files = [] if checkpoint_dir is None else checkpoint_files(checkpoint_dir)
+    if not files:
         raise CytoError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-    accelerator.load_state(str(checkpoint_dir / "state"))
-    return json.loads(marker.read_text())["epoch"] + 1
+    accelerator.load_state(str(files[0]))
+    return json.loads(files[1].read_text())["epoch"] + 1

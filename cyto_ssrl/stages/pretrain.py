@@ -24,6 +24,7 @@ from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_
 from cyto_ssrl.pretrain import PretrainJob, load_backbone, run_job
 from cyto_ssrl.stages import registration
 from cyto_ssrl.stages.pools import run_pools
+from cyto_ssrl.train import checkpoint_files
 
 
 def run_pretrain(
@@ -100,8 +101,8 @@ def _take_checkpoint(failed_dir: Path, job: PretrainJob) -> None:
     same = json.loads(json.dumps(dataclasses.asdict(job.cfg))) == dataclasses.asdict(failed.cfg)
     if not same or failed.pool_path != job.pool_path:
         raise CytoError(f"the checkpoint in {failed_dir} is of another pre-training job (settings or pool differ)")
-    for name in ("state", "epoch.json"):
-        os.replace(failed_dir / name, Path(job.job_dir) / name)
+    for path in checkpoint_files(failed_dir):  # the state folder first: epoch.json names it
+        os.replace(path, Path(job.job_dir) / path.name)
     job.resume = True
     tracking.set_tags({"continued_from": failed.run_id})
 

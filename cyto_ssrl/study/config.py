@@ -17,7 +17,7 @@ from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods import METHODS
 from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset_name
-from cyto_ssrl.study.presets import RUNTIME_FIELDS, STUDY_AXES, STUDY_PRESETS, StudyConfig
+from cyto_ssrl.study.presets import EXECUTORS, RUNTIME_FIELDS, STUDY_AXES, STUDY_PRESETS, StudyConfig
 
 SOURCES = ("synthetic", "slides", "cells")
 
@@ -30,7 +30,8 @@ def load_config(name: str, **axes) -> StudyConfig:
         fields, base = json.loads(Path(name).read_text()), "demo"
     else:
         raise CytoError(f"unknown study preset {name!r}; choose one of {sorted(STUDY_PRESETS)} or a .json file")
-    cfg = preset(STUDY_PRESETS, base, **fields, **{k: v for k, v in axes.items() if v not in (None, ())})
+    given = {k: v for k, v in axes.items() if v not in (None, ())}  # the command line's over the file's
+    cfg = preset(STUDY_PRESETS, base, **{**fields, **given})
     # JSON gives lists; tuples keep the settings' logged form the same however the study was started.
     lists = {
         f.name: tuple(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), list)
@@ -71,6 +72,7 @@ def validate(cfg: StudyConfig, study_id: str, workers: int | None) -> None:
     """Every input the grid depends on, checked before any run starts."""
     if not re.fullmatch(r"[\w.-]+", study_id):
         raise CytoError(f"study id {study_id!r} may hold only letters, digits, '_', '-' and '.'")
+    one_of("executor", cfg.executor, EXECUTORS)
     _check_axes(cfg)
     _check_inputs(cfg)
     if workers is not None:

@@ -91,7 +91,7 @@ class Ledger:
         these and asks their engine whether they still run instead of submitting them again."""
         running = self.runs[(self.runs["status"] == "RUNNING")]
         jobs = tracking.tag(running, JOB_TAG)
-        return {run.key: (run.run_id, job) for run, job in zip(running.itertuples(), jobs) if job}
+        return {run.key: (run.run_id, job) for run, job in zip(running.itertuples(), jobs) if isinstance(job, str)}
 
     def orphans(self) -> list[str]:
         """RUNNING cell runs that no engine was given (a cell of a killed driver that ran them itself)."""

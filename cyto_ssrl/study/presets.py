@@ -54,6 +54,7 @@ class StudyConfig:
     gpus: bool | None = None
 
 
+EXECUTORS = ("local", "slurm", "ray")  # study/executors/: one module each
 STUDY_AXES = ("ratios", "methods", "seeds", "modes", "budgets", "resamples")
 # Fields that say where and how cells run, not what they compute: they may change between runs of one study.
 RUNTIME_FIELDS = ("executor", "slurm", "ray_address", "gpus")

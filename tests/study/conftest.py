@@ -1,12 +1,84 @@
-"""The study tests' cohort: the small synthetic one tiled once per session."""
+"""The study tests' cohort (the small synthetic one tiled once per session), a real tracking server, and a real
+SLURM cluster where this machine has one or can start one."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
+
+from ..helpers import ROOT, free_port
 
 
 @pytest.fixture
 def manifest(small_cohort) -> Path:
     return small_cohort
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `mlflow server` (SQLite store, served artifact root) on 127.0.0.1, started by the project's command."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "entrypoints.server",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+    yield uri
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A SLURM cluster answering `sinfo`: this machine's, or the one-node cluster .ci/slurm-up starts (as root)."""
+    up = shutil.which("sinfo") and subprocess.run(["sinfo", "-h"], capture_output=True, timeout=60).returncode == 0
+    if not up:
+        if os.geteuid() != 0:
+            pytest.skip("no SLURM cluster answers here, and starting one (.ci/slurm-up) needs root")
+        subprocess.run(["bash", str(ROOT / ".ci" / "slurm-up")], check=True, timeout=600)
+
+
+@pytest.fixture
+def served(server, tmp_path, monkeypatch) -> str:
+    """Everything the test calls uses the tracking server, as a study on an engine must."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(server)
+    yield server
+    while mlflow.active_run():
+        mlflow.end_run()

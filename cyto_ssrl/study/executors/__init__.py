@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from cyto_ssrl.checks import one_of
 from cyto_ssrl.study.executors.base import Executor
-from cyto_ssrl.study.presets import StudyConfig
-
-EXECUTORS = ("local", "slurm", "ray")
+from cyto_ssrl.study.presets import EXECUTORS, StudyConfig
 
 
 def make_executor(cfg: StudyConfig, folder, max_running: int | None) -> Executor:

@@ -105,7 +105,7 @@ def wait_for(condition, what: str, driver, timeout_s: float = 300):
 
 def test_a_killed_driver_started_again_submits_no_cell_twice(slurm, served, manifest, tmp_path):
     preset = tmp_path / "small.json"
-    preset.write_text(json.dumps({k: v for k, v in vars(small(manifest)).items()}))
+    preset.write_text(json.dumps(vars(small(manifest))))
     with open(tmp_path / "driver.log", "w") as log:
         first = start_driver(preset, "killed", tmp_path, log)
         # Killed (SIGKILL: no clean-up) once the pre-training job is in SLURM's hands.

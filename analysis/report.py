@@ -41,9 +41,10 @@ def analyze(
                 _table(representation.round(4), output / "tables" / f"representation.{suffix}")
                 for suffix in ("md", "csv")
             ]
+        stats = {metric: drops(results, metric) for metric in metrics}
         for metric in metrics:
-            files += _metric_outputs(results, metric, box_ratio, study_id, output)
-        tracking.log_metrics(headline_metrics(results, metrics))
+            files += _metric_outputs(results, metric, stats[metric], box_ratio, study_id, output)
+        tracking.log_metrics(headline_metrics(stats))
         readme = output / "README.md"
         readme.write_text(readme_text(study_id, results, box_ratio, metrics, files, output))
         tracking.log_artifact(readme)
@@ -62,13 +63,12 @@ def _figure(fig, path: Path) -> Path:
     return tracking.log_figure(fig, path, artifact_path=path.parent.name)
 
 
-def headline_metrics(results: pd.DataFrame, metrics) -> dict[str, float]:
+def headline_metrics(stats_by_metric: dict[str, pd.DataFrame]) -> dict[str, float]:
     """Per method x mode x budget: the drop (percentage points) from the reference ratio (1:1) to the most
     imbalanced one, `drop_<metric>/<panel>-b<budget>`, and its p-value where there is one, `p_<metric>/...`:
     the numbers the runs table can show and sort without opening a file."""
     headline = {}
-    for metric in metrics:
-        stats = drops(results, metric)
+    for metric, stats in stats_by_metric.items():
         if stats.empty:
             continue
         stats = stats.assign(ratio_r=stats["ratio"].map(parse_ratio))
@@ -94,9 +94,10 @@ def _box_ratio(results: pd.DataFrame, ratio: str | None, study_id: str) -> int:
     return r
 
 
-def _metric_outputs(results: pd.DataFrame, metric: str, box_ratio: int, study_id: str, output: Path) -> list[Path]:
+def _metric_outputs(
+    results: pd.DataFrame, metric: str, stats: pd.DataFrame, box_ratio: int, study_id: str, output: Path
+) -> list[Path]:
     table = summary(results, metric)
-    stats = drops(results, metric)
     box_name = f"boxplot_{metric}_{ratio_label(box_ratio).replace(':', '-')}.png"
     return [
         _figure(plot_curves(results, metric, study_id), output / "figures" / f"curves_{metric}.png"),

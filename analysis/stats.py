@@ -48,15 +48,16 @@ def paired(first: pd.DataFrame, second: pd.DataFrame, metric: str, keys=PAIR_KEY
 
 def drops(results: pd.DataFrame, metric: str, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per method x backbone x mode x budget and ratio r above the reference (1:1, else the smallest r)."""
+    panel = ["method", "backbone", "mode", "budget"]
+    # One value per panel x budget draw x ratio (the mean of runs sharing them, as `paired` takes it), ratios as
+    # columns: a pair is a row with both columns filled. One pass over the runs, however many pairs.
+    table = pretrained(results).groupby([*panel, *PAIR_KEYS, "ratio_r"])[metric].mean().mul(100).unstack("ratio_r")
     rows = []
-    for (method, backbone, mode, budget), group in pretrained(results).groupby(
-        ["method", "backbone", "mode", "budget"]
-    ):
-        ratios = sorted(group["ratio_r"].unique())
-        reference = group[group["ratio_r"] == ratios[0]]
+    for (method, backbone, mode, budget), values in table.groupby(level=panel):
+        ratios = [r for r in sorted(values.columns) if values[r].notna().any()]
         for r in ratios[1:]:
-            pairs = paired(reference, group[group["ratio_r"] == r], metric)
-            test = paired_test(pairs["first"], pairs["second"], alpha)
+            pairs = values[[ratios[0], r]].dropna()
+            test = paired_test(pairs[ratios[0]], pairs[r], alpha)
             note = "; ".join(filter(None, [_reference_note(ratios[0]), test.pop("note")]))
             rows.append(
                 {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -97,3 +99,25 @@ def model(store, registered) -> str:
     db, uri, _ = registered
     shutil.copy(db, store.removeprefix("sqlite:///"))
     return uri
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """A real PostgreSQL on 127.0.0.1 (Debian's, started by .ci/postgres-up as root); the URI of its server."""
+    ready = shutil.which("pg_isready") and subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0
+    if not ready and os.geteuid() != 0:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1, and starting one (.ci/postgres-up) needs root")
+    done = subprocess.run(["bash", str(ROOT / ".ci" / "postgres-up")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1].rpartition("/")[0]
+
+
+@pytest.fixture
+def postgres_database(postgres) -> str:
+    """A new, empty database of its own for one test."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{postgres}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{postgres}/{name}"

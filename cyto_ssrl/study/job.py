@@ -44,9 +44,10 @@ def save_study(path: Path, study_id: str, cfg: StudyConfig) -> Path:
     return path
 
 
-def run_cell(job: CellJob, node: str = "") -> str:
+def run_cell(job: CellJob, node: str = "", stages=STAGES) -> str:
     """Run one cell in its run; returns the run's status as the store has it afterwards (FINISHED or FAILED).
-    `node` (the engine's name for the machine) is recorded in the run's `study_node` tag."""
+    `node` (the engine's name for the machine) is recorded in the run's `study_node` tag; `stages` maps a stage to
+    the function that runs its cells (tests and benchmarks pass their own)."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # a job's log is a file: no progress bars in it
     study_id, cfg = load_study(job.config)
     if machines.from_environment().follower:  # another node of a multi-node pre-training: node 0 keeps the run
@@ -54,17 +55,13 @@ def run_cell(job: CellJob, node: str = "") -> str:
         return "FOLLOWED"
     if node:
         tracking.set_run_tag(job.run_id, "study_node", node)
-    cells = {cell.key: cell for cell in plan(cfg)}
+    cells = {cell.key: cell for cell in plan(cfg)}  # pure: no store is read
     ledger = Ledger(study_id, list(cells.values()))
-    ledger.refresh()
-    cell = ledger.resolve(cells.get(job.cell_key) or _analysis_cell(ledger, job.cell_key))
+    for key, run_id in job.needs.items():
+        ledger.record(key, run_id)
+    cell = ledger.resolve(cells.get(job.cell_key) or cells["analysis/"])  # the plan leaves the analysis' digest blank
     try:
-        STAGES[cell.stage](Context(study_id, cfg, study_dir(cfg, study_id), ledger), cell, job.run_id)
+        stages[cell.stage](Context(study_id, cfg, study_dir(cfg, study_id), ledger), cell, job.run_id)
     finally:
         tracking.fail_if_running(job.run_id)
     return tracking.run_status(job.run_id)
-
-
-def _analysis_cell(ledger: Ledger, key: str):
-    """The analysis cell's key holds the digest of the runs it summarises, which the plan leaves blank."""
-    return next(cell for cell in ledger.cells if cell.stage == "analysis" and key.startswith("analysis/"))

@@ -67,9 +67,8 @@ class Ledger:
         return dataclasses.replace(cell, digest=self.inputs(cell))
 
     def record(self, key: str, run_id: str) -> None:
-        """A cell the driver saw finish: its run is now current."""
+        """A cell seen to finish (by the driver), or one a job needs: its run is current."""
         self.current[key] = run_id
-        self.tags[run_id] = tracking.run_tags(run_id)
 
     def inputs(self, cell: Cell) -> str:
         """The digest of the current runs of the cells `cell` needs (its run's `study_inputs` tag)."""
@@ -100,7 +99,10 @@ class Ledger:
 
     def output(self, key: str, tag: str) -> str:
         """A tag of the current run of cell `key`: what a later cell reads (manifest, pool path, model URI)."""
-        return self.tags[self.current[key]][tag]
+        run_id = self.current[key]
+        if run_id not in self.tags:  # a run finished since the ledger read the study
+            self.tags[run_id] = tracking.run_tags(run_id)
+        return self.tags[run_id][tag]
 
     def checkpoint(self, cell: Cell) -> str | None:
         """The job folder of the cell's newest failed run that left a checkpoint: a killed training goes on from it."""

@@ -91,7 +91,14 @@ class Runner:
     def _submit(self, cells: list[Cell]) -> None:
         """Create each cell's run, then hand the engine all of them at once (arrays where it makes them)."""
         jobs = [
-            CellJob(self.config_file, cell.key, self._create_run(cell), resources(cell, self.cfg)) for cell in cells
+            CellJob(
+                self.config_file,
+                cell.key,
+                self._create_run(cell),
+                resources(cell, self.cfg),
+                {key: self.ledger.current[key] for key in cell.needs},
+            )
+            for cell in cells
         ]
         try:
             job_ids = self.executor.submit(jobs)

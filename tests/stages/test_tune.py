@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from cyto_ssrl.downstream.tuning import shown_storage
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.stages.downstream import run_downstream
 from cyto_ssrl.stages.tune import run_tune
@@ -53,3 +54,16 @@ def test_tune_prunes_trials_that_fall_behind_the_median(model, store):
     study = optuna.load_study(study_name=mlflow.get_run(parent).data.tags["study_name"], storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+
+
+@pytest.mark.slow
+def test_the_search_can_live_in_a_real_postgresql(model, store, postgres_database):
+    """Optuna's storage on a PostgreSQL database, as a lab shares one between machines; a rerun adds to it."""
+    import optuna
+
+    for _ in range(2):
+        parent, best = run_tune(model, "linear", budget=10, n_trials=2, storage=postgres_database)
+    name = mlflow.get_run(parent).data.tags["study_name"]
+    study = optuna.load_study(study_name=name, storage=postgres_database)
+    assert len(study.trials) == 4 and study.best_params["blr"] == pytest.approx(best)
+    assert mlflow.get_run(parent).data.tags["optuna_storage"] == shown_storage(postgres_database)

@@ -23,30 +23,21 @@ def manifest(small_cohort) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A real `mlflow server` (SQLite store, served artifact root) on 127.0.0.1, started by the project's command."""
+def server(request, tmp_path):
+    """A real `mlflow server` on 127.0.0.1, started by the project's command, with a served artifact root. Its
+    backend store is a SQLite file, or a fresh database of a real PostgreSQL when the test is parametrized with
+    `server="postgres"` (indirect)."""
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    if getattr(request, "param", "sqlite") == "postgres":
+        backend = request.getfixturevalue("postgres_database")
     port = free_port()
+    command = [sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri", backend]
+    command += ["--artifacts", str(tmp_path / "artifacts")]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "entrypoints.server",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{tmp_path / 'server.db'}",
-                "--artifacts",
-                str(tmp_path / "artifacts"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + 180  # on a new PostgreSQL database, MLflow's migrations take about half a minute
     while time.time() < deadline:
         try:
             urllib.request.urlopen(uri + "/health", timeout=2).read()

@@ -26,7 +26,7 @@ from ..helpers import free_port
         (lambda: run_study(load_config("demo", modes=("linear", "knn")), "x"), "unknown downstream mode"),
         (lambda: run_study(StudyConfig(downstream_preset="huge"), "x"), "unknown preset 'huge'"),
         (lambda: run_study(StudyConfig(tune_trials=-1), "x"), "tune_trials must be 0 (no tuning) or more, got -1"),
-        (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 share the grid through a tracking server"),
+        (lambda: run_study(StudyConfig(), "x", workers=2), "workers=2 runs cells at once on an engine"),
         (lambda: run_study(STUDY_PRESETS["paper"], "x"), "source 'slides' needs input"),
         (lambda: run_study(StudyConfig(), "it's"), 'study id "it\'s" may hold only'),
     ],

@@ -75,6 +75,7 @@ def two_nodes(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.parametrize("server", ["postgres"], indirect=True)  # the tracking server's store: a real PostgreSQL
 def test_a_study_on_two_ray_nodes_survives_losing_one(served, manifest, two_nodes, tmp_path):
     address, ids, second = two_nodes
     cfg = micro(manifest, executor="ray", ray_address=address, output="studies")

@@ -28,12 +28,14 @@ class Resources:
 
 @dataclass(frozen=True)
 class CellJob:
-    """One cell to run in the MLflow run the driver created for it; `config` is the study's saved settings."""
+    """One cell to run in the MLflow run the driver created for it; `config` is the study's saved settings. A job reads
+    only the runs it needs, never the whole study: its cost does not grow with the grid."""
 
     config: Path
     cell_key: str
     run_id: str
     resources: Resources
+    needs: dict[str, str]  # the key of each cell it needs -> that cell's current run, whose outputs it reads
 
 
 class Executor(Protocol):

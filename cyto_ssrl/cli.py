@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -23,6 +24,12 @@ def main(run) -> None:
         run()
     except CytoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a full disk is the user's to fix, in one line; every file it hit was left as it was
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on device{where}: free some, or choose another output folder", file=sys.stderr)
         sys.exit(2)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -21,9 +22,19 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as exc:
+        if disk_full(path.parent):  # writers such as torch.save say so in their own words, if at all
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def disk_full(folder: Path) -> bool:
+    """Less than a block left for this user in `folder`'s file system."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize < 64 * 1024
 
 
 def save_weights(module, path: str | Path) -> Path:

@@ -7,6 +7,7 @@ given. Metrics are reduced over processes before they are reported; the caller l
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from cyto_ssrl.data.transforms import normalize_images
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.files import write_atomic
+from cyto_ssrl.files import disk_full, write_atomic
 from cyto_ssrl.progress import progress_bar
 
 
@@ -226,7 +227,14 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) 
     """Each checkpoint in a folder of its own; epoch.json, replaced in one rename once the folder is whole, names
     the newest. A job killed while saving leaves the previous checkpoint as it was."""
     state = f"state-{epoch}"
-    accelerator.save_state(str(checkpoint_dir / state))
+    try:
+        accelerator.save_state(str(checkpoint_dir / state))
+    except BaseException as exc:  # no half-written folder stays behind
+        full = isinstance(exc, Exception) and disk_full(checkpoint_dir)  # asked before its space is freed
+        shutil.rmtree(checkpoint_dir / state, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(checkpoint_dir / state)) from exc
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_atomic(

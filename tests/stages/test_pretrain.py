@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -182,3 +189,36 @@ def test_each_stage_gets_the_precision_it_asked_for():
     assert stage_accelerator().mixed_precision == "no"
     assert stage_accelerator(mixed_precision="bf16", gradient_accumulation_steps=2).gradient_accumulation_steps == 2
     assert stage_accelerator().gradient_accumulation_steps == 1
+
+
+@pytest.mark.slow
+def test_a_two_process_training_killed_mid_epoch_resumes_to_the_uninterrupted_weights(store, tiles):
+    """A real `accelerate launch` of 2 processes with 2 data-loader workers each, killed with SIGKILL (the whole
+    process group, as a lost node) after its first checkpoint: the run never shows FINISHED, nothing is registered,
+    and `resume` ends with exactly the weights of an uninterrupted run of the same seed."""
+    settings = dict(manifest=str(tiles), pool_size=64, num_processes=2, epochs=3, batch_size=8, num_workers=2)
+    full_id, _ = run_pretrain("mae", "1:1", "tiny", **settings)
+    code = f"from cyto_ssrl.stages.pretrain import run_pretrain; run_pretrain('mae', '1:1', 'tiny', **{settings!r})"
+    killed = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 300
+    run = pd.DataFrame()
+    while time.time() < deadline and killed.poll() is None:
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
+        run = runs[runs["tags.stage"] == "pretrain"] if "tags.stage" in runs else runs.iloc[:0]
+        job_dir = run["tags.job_dir"].dropna() if "tags.job_dir" in run else []
+        if len(job_dir) and (Path(job_dir.iloc[0]) / "epoch.json").exists():
+            time.sleep(0.5)  # into the next epoch, its data-loader workers at work
+            break
+        time.sleep(0.2)
+    assert killed.poll() is None, "the training ended before it could be killed"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    killed_id = run["run_id"].iloc[0]
+    assert mlflow.get_run(killed_id).info.status == "RUNNING"  # never FINISHED
+    assert MlflowClient().search_model_versions(f"run_id = '{killed_id}'") == []  # nothing registered
+    resumed_id, uri = run_pretrain("mae", resume=killed_id, num_processes=2)
+    assert resumed_id == killed_id and mlflow.get_run(killed_id).info.status == "FINISHED"
+    full = _backbone_state(mlflow.get_run(full_id).data.tags["job_dir"])
+    resumed = _backbone_state(mlflow.get_run(resumed_id).data.tags["job_dir"])
+    assert all(torch.equal(full[k], resumed[k]) for k in full)  # bitwise, on CPU
+    assert len(MlflowClient().search_model_versions(f"run_id = '{killed_id}'")) == 1

@@ -28,11 +28,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """A private tracking store (SQLite file + artifacts) in tmp_path, used by everything the test calls."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+def tracking_to(uri: str, folder: Path, monkeypatch):
+    """Everything the test calls works in `folder` and tracks to `uri`; runs left open are ended afterwards."""
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(name, raising=False)
@@ -40,6 +38,12 @@ def store(tmp_path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """A private tracking store (SQLite file + artifacts) in tmp_path, used by everything the test calls."""
+    yield from tracking_to(f"sqlite:///{tmp_path / 'mlruns.db'}", tmp_path, monkeypatch)
 
 
 @contextlib.contextmanager

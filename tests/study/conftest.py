@@ -11,9 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
 
+from ..conftest import tracking_to
 from ..helpers import ROOT, free_port
 
 
@@ -65,11 +65,4 @@ def slurm() -> None:
 @pytest.fixture
 def served(server, tmp_path, monkeypatch) -> str:
     """Everything the test calls uses the tracking server, as a study on an engine must."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(server)
-    yield server
-    while mlflow.active_run():
-        mlflow.end_run()
+    yield from tracking_to(server, tmp_path, monkeypatch)

@@ -23,6 +23,14 @@ from cyto_ssrl.errors import CytoError
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MASK_PX_PER_TILE = 8  # deposit-mask resolution: a tile spans this many mask pixels a side
+# The only slide properties ever read. Scanners also store the original file name, the scanning user and date, and
+# label and macro images (the barcode, handwriting): those identify a patient and are never read.
+ALLOWED_PROPERTIES = (
+    openslide.PROPERTY_NAME_MPP_X,
+    openslide.PROPERTY_NAME_MPP_Y,
+    openslide.PROPERTY_NAME_VENDOR,
+    openslide.PROPERTY_NAME_OBJECTIVE_POWER,
+)
 
 
 def open_slide(path: str | Path) -> openslide.AbstractSlide:
@@ -32,11 +40,16 @@ def open_slide(path: str | Path) -> openslide.AbstractSlide:
         raise CytoError(f"{path} is not a slide or image OpenSlide can read ({exc})") from None
 
 
+def slide_properties(slide: openslide.AbstractSlide) -> dict[str, str]:
+    """The slide's allow-listed properties (ALLOWED_PROPERTIES); level count and sizes are the slide's attributes."""
+    return {name: slide.properties[name] for name in ALLOWED_PROPERTIES if name in slide.properties}
+
+
 def slide_mpp(slide: openslide.AbstractSlide, slide_id: str, override: float | None, default: float | None) -> float:
     """Level-0 um/px: an explicit per-slide value, else the metadata, else the default, else refuse."""
     if override is not None:
         return float(override)
-    value = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+    value = slide_properties(slide).get(openslide.PROPERTY_NAME_MPP_X)
     if value:
         return float(value)
     if default is not None:

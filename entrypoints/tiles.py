@@ -20,7 +20,12 @@ class Params:
         True,
     )
     csv_image_size: str = param("slide", "size the CSV coordinates refer to, e.g. 1376x1020; 'slide': level-0 px", True)
-    mpp: str = param("metadata", "um/px of slides without it in their metadata: 0.25 or slide=0.25,other=0.5", True)
+    mpp: str = param(
+        "metadata",
+        "um/px of slides without it in their metadata: 0.25 or slide=0.25,other=0.5 (`mlflow run` logs these "
+        "slide names: for slides named after patients use slides.csv's mpp column)",
+        True,
+    )
     partitions: str = param("preset", "shares, e.g. ssrl=0.5,downstream=0.3,evaluation=0.2", True)
     # Not an `unset` parameter: 'none' is a value here (no partition balanced), not 'not given'.
     balance: str = param(
@@ -30,6 +35,12 @@ class Params:
     )
     strict: bool = param(
         False, "true: a slide that gives no tile stops the run; false: it is skipped and listed in skipped_slides.csv"
+    )
+    pseudonymize: bool = param(
+        True, "true: slide, patient and tile ids are keyed hashes (slide names identify patients); false: real names"
+    )
+    pseudonym_key: str = param(
+        "output", "file of the pseudonyms' secret; 'output': <output>/private/pseudonym.key", True
     )
     tile_size: int = param("preset", "tile side in px", True)
     target_mpp: float = param("preset", "um/px of the tiles", True)
@@ -49,6 +60,8 @@ def run() -> None:
         default_mpp=default_mpp,
         slide_mpp=slide_mpp or None,
         strict=p.strict,
+        pseudonymize=p.pseudonymize,
+        pseudonym_key=p.pseudonym_key,
         partitions=parse_partitions(p.partitions),
         balance=parse_balance(p.balance),
     )

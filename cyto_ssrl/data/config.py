@@ -86,6 +86,10 @@ class TileConfig:
     workers: int = 2
     seed: int = 0
     strict: bool = False  # a slide that gives no tile (unreadable, no deposit) stops the run instead of being skipped
+    # Slide, patient and tile ids as keyed hashes (data/pseudonyms.py): slide names and patient ids identify people.
+    # False keeps the real names, for public data.
+    pseudonymize: bool = True
+    pseudonym_key: str | None = None  # the secret's file; None: private/pseudonym.key in the output folder
     cell_classes: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_CELL_CLASSES))
     csv: CsvAnnotationConfig = field(default_factory=CsvAnnotationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -32,8 +32,7 @@ MANIFEST_COLUMNS = [
     "slide_label",
     "deposit_fraction",
     "source",
-    "source_path",
-    "path",
+    "path",  # the tile's; the slide's own path stays out: its file name may name the patient
 ]
 JOB_TILES = 6  # a worker job is a square of up to this many tiles a side
 CELL_CHUNK = 64  # cell crops per worker job

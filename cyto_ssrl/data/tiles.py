@@ -14,6 +14,7 @@ import pandas as pd
 
 from cyto_ssrl.data.config import TileConfig
 from cyto_ssrl.data.cutting import write_tiles
+from cyto_ssrl.data.pseudonyms import key_path, pseudonymize
 from cyto_ssrl.data.slide_plan import plan_slides
 from cyto_ssrl.data.split import assign_partitions, balance_partitions, check_balance, check_classes
 from cyto_ssrl.errors import CytoError
@@ -51,6 +52,9 @@ def make_tiles(
     plan = split_plan(plan, cfg)
     # Balanced partitions are drawn before any tile is cut: a tile they drop is never read or written.
     kept = balance_partitions(plan, cfg.balance, cfg.seed)
+    if cfg.pseudonymize:
+        # After the split and the draws, which therefore do not depend on the key: same slides and seed, same tiles.
+        kept, skipped = pseudonymize(kept, skipped, key_path(cfg.pseudonym_key, output_dir))
     manifest = write_tiles(kept, output_dir, cfg)
     manifest.attrs.update(skipped_slides=skipped, balance=balance_report(plan, kept, cfg.balance))
     return manifest

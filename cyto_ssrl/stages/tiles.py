@@ -11,6 +11,7 @@ import pandas as pd
 from cyto_ssrl import tracking
 from cyto_ssrl.config import flatten, preset
 from cyto_ssrl.data.config import TILE_PRESETS, TileConfig
+from cyto_ssrl.data.pseudonyms import key_path, load_key, pseudonym
 from cyto_ssrl.data.tiles import make_tiles, summarize
 from cyto_ssrl.lineage import manifest_path
 
@@ -28,20 +29,22 @@ def run_tiles(
     fields."""
     cfg: TileConfig = preset(TILE_PRESETS, preset_name, **overrides)
     output = Path(output_dir).resolve()
+    settings = {**flatten(cfg), "slide_mpp": logged_slide_mpp(cfg, output)}
     params = {
         "source": source,
         "input": input_dir,
         "output": output,
         "preset": preset_name,
         "annotations": annotations,
-        **flatten(cfg),
+        **settings,
     }
     with tracking.stage_run("tiles", params, run_name=f"tiles-{source}", run_id=run_id) as run:
         manifest = make_tiles(source, input_dir, output, cfg, annotations)
         manifest_path = output / "manifest.parquet"
         by_partition, per_slide = summarize(manifest)
         balance = pd.DataFrame(manifest.attrs["balance"])
-        skipped = pd.DataFrame(manifest.attrs["skipped_slides"], columns=["slide_id", "path", "reason"])
+        # No path column: an input slide's path may name its patient.
+        skipped = pd.DataFrame(manifest.attrs["skipped_slides"], columns=["slide_id", "reason"])
         # summary.md: tiles per partition x label, what the 1:1 draws dropped, and every slide that gave no tile.
         skip_lines = [f"{len(skipped)} slide(s) skipped: they gave no tile"]
         skip_lines += [f"- {row.slide_id}: {row.reason}" for row in skipped.itertuples()]
@@ -67,16 +70,25 @@ def run_tiles(
         tracking.set_tags(
             {
                 "manifest": manifest_path,
-                "tiles_digest": tiles_digest(source, input_dir, annotations, cfg),
+                "tiles_digest": tiles_digest(source, input_dir, annotations, settings),
                 "manifest_sha256": file_digest(manifest_path),
             }
         )
     return run.info.run_id, manifest_path
 
 
-def tiles_digest(source: str, input_dir, annotations, cfg: TileConfig) -> str:
-    """What a tile manifest was made from and how: equal digests, equal manifests."""
-    made_of = json.dumps([source, str(input_dir), str(annotations), flatten(cfg)], sort_keys=True, default=str)
+def logged_slide_mpp(cfg: TileConfig, output: Path) -> dict[str, float]:
+    """The per-slide um/px overrides as the run's params show them: by pseudonym, the slide names stay local."""
+    if not cfg.pseudonymize or not cfg.slide_mpp:
+        return cfg.slide_mpp
+    key = load_key(key_path(cfg.pseudonym_key, output))
+    return {pseudonym(key, "slide", slide): mpp for slide, mpp in cfg.slide_mpp.items()}
+
+
+def tiles_digest(source: str, input_dir, annotations, settings: dict) -> str:
+    """What a tile manifest was made from and how (the TileConfig as logged: slides by pseudonym): equal digests,
+    equal manifests, under one pseudonym key."""
+    made_of = json.dumps([source, str(input_dir), str(annotations), settings], sort_keys=True, default=str)
     return hashlib.sha256(made_of.encode()).hexdigest()[:16]
 
 
@@ -88,7 +100,7 @@ def synthetic_default(seed: int = 0) -> Path:
     """The synthetic default's manifest: the one a finished tiles run made with the same settings, when its file is
     still the one that run wrote; else tiled now (so `pools` and `pretrain` with their defaults tile it once)."""
     cfg = preset(TILE_PRESETS, "tiny", seed=seed)
-    run_id = tracking.find_run("tiles", tiles_digest=tiles_digest("synthetic", None, None, cfg))
+    run_id = tracking.find_run("tiles", tiles_digest=tiles_digest("synthetic", None, None, flatten(cfg)))
     if run_id:
         tags = tracking.run_tags(run_id)
         path = Path(tags["manifest"])

@@ -36,7 +36,7 @@ def cric_run(shared_data, folder: Path, output: Path, **overrides):
 
 def test_a_sparse_cric_field_is_skipped_and_listed_unless_strict(store, shared_data, tmp_path):
     folder = cric_fields(shared_data, tmp_path / "fields", (CRIC_SPARSE,) + CRIC_TEN[:3])
-    run_id, manifest_path = cric_run(shared_data, folder, tmp_path / "out", partitions={"ssrl": 1})
+    run_id, manifest_path = cric_run(shared_data, folder, tmp_path / "out", partitions={"ssrl": 1}, pseudonymize=False)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["slides_skipped"] == 1
     skipped = pd.read_csv(tmp_path / "out" / "skipped_slides.csv")
@@ -72,7 +72,7 @@ def test_an_unreadable_slide_among_good_ones_is_skipped_unless_strict(tmp_path, 
             "d.geojson": _geojson([(200, 200, "negative")]),
         },
     )
-    cfg = preset(TILE_PRESETS, "paper", **SMALL)
+    cfg = preset(TILE_PRESETS, "paper", **SMALL, pseudonymize=False)
     manifest = make_tiles("slides", folder, tmp_path / "out", cfg)
     assert set(manifest["slide_id"]) == {"a", "d"}
     reasons = {row["slide_id"]: row["reason"] for row in manifest.attrs["skipped_slides"]}

@@ -16,7 +16,8 @@ from .helpers import HERLEV_CELLS, _field, herlev_subset
 
 def test_herlev_cells_one_tile_per_crop_grouped_by_source_image(shared_data, tmp_path):
     assert len(list((shared_data / "herlev" / "train").glob("*/*.BMP"))) == HERLEV_CELLS
-    cfg = preset(TILE_PRESETS, "tiny", tile_size=128, workers=2, balance=())  # every crop: no partition drawn 1:1
+    # Every crop (no partition drawn 1:1), under its real name: the check reads the class from the tile id.
+    cfg = preset(TILE_PRESETS, "tiny", tile_size=128, workers=2, balance=(), pseudonymize=False)
     manifest = make_tiles("cells", herlev_subset(shared_data, tmp_path / "herlev"), tmp_path / "h", cfg)
     assert len(manifest) == len(range(0, HERLEV_CELLS, 3))
     assert manifest.groupby("patient_id")["partition"].nunique().max() == 1
@@ -27,12 +28,14 @@ def test_herlev_cells_one_tile_per_crop_grouped_by_source_image(shared_data, tmp
 
 
 def test_sipakmed_leaves_metaplastic_out_and_pads_without_stretching(shared_data, tmp_path):
-    cfg = preset(TILE_PRESETS, "paper", tile_size=512, workers=1, partitions={"ssrl": 1, "downstream": 1}, balance=())
+    partitions = {"ssrl": 1, "downstream": 1}
+    cfg = preset(TILE_PRESETS, "paper", tile_size=512, workers=1, partitions=partitions, balance=(), pseudonymize=False)
     manifest = make_tiles("cells", shared_data / "sipakmed", tmp_path / "s", cfg)
     assert len(manifest) == 20 and not manifest["tile_id"].str.contains("Metaplastic").any()
     assert manifest.groupby("patient_id")["partition"].nunique().max() == 1
     row = manifest[manifest["tile_id"].str.contains("Dyskeratotic")].iloc[0]
-    crop = np.asarray(Image.open(row.source_path).convert("RGB")).astype(int)
+    crop_path = shared_data / "sipakmed" / "im_Dyskeratotic" / f"{row.tile_id.split('_', 2)[2]}.bmp"
+    crop = np.asarray(Image.open(crop_path).convert("RGB")).astype(int)
     tile = np.asarray(Image.open(row.path)).astype(int)
     top, left = (512 - crop.shape[0]) // 2, (512 - crop.shape[1]) // 2
     centre = tile[top : top + crop.shape[0], left : left + crop.shape[1]]

@@ -58,9 +58,11 @@ def test_the_synthetic_default_serves_every_paper_budget_and_pool(synthetic_defa
 
 def test_balanced_partitions_are_drawn_1to1_before_any_tile_is_cut(shared_data, tmp_path):
     folder = herlev_subset(shared_data, tmp_path / "herlev")
-    cfg = preset(TILE_PRESETS, "tiny", workers=2)
+    key = str(tmp_path / "pseudonym.key")  # one key: the same crops get the same pseudonymous ids in every run
+    cfg = preset(TILE_PRESETS, "tiny", workers=2, pseudonym_key=key)
     balanced = make_tiles("cells", folder, tmp_path / "balanced", cfg)
-    natural = make_tiles("cells", folder, tmp_path / "natural", preset(TILE_PRESETS, "tiny", workers=2, balance=()))
+    natural_cfg = preset(TILE_PRESETS, "tiny", workers=2, balance=(), pseudonym_key=key)
+    natural = make_tiles("cells", folder, tmp_path / "natural", natural_cfg)
     for name in ("downstream", "evaluation"):
         drawn, whole = (m[m["partition"] == name] for m in (balanced, natural))
         counts, available = drawn["label"].value_counts(), whole["label"].value_counts()

@@ -52,7 +52,10 @@ class Context:
 
 def do_tiles(ctx: Context, cell: Cell, run_id: str) -> None:
     cfg = ctx.cfg
-    run_tiles(cfg.source, cfg.input, str(ctx.folder / "tiles"), cfg.tile_preset, cfg.annotations, run_id=run_id)
+    tiles = str(ctx.folder / "tiles")
+    run_tiles(
+        cfg.source, cfg.input, tiles, cfg.tile_preset, cfg.annotations, run_id=run_id, pseudonymize=cfg.pseudonymize
+    )
 
 
 def do_pools(ctx: Context, cell: Cell, run_id: str) -> None:

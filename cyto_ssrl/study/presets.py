@@ -28,6 +28,7 @@ class StudyConfig:
     annotations: str | None = None
     manifest: str | None = None  # an existing tile manifest: the study skips tiling
     tile_preset: str = "tiny"
+    pseudonymize: bool = True  # stage 1's: slide, patient and tile ids as keyed hashes; false keeps public data's names
     pool_size: int = 200
     pretrain_preset: str = "tiny"  # tiny | paper | a PRETRAIN_PRESETS name (tiny/paper pick the method's variant)
     pretrain_overrides: dict[str, object] = field(default_factory=dict)  # PretrainConfig fields, e.g. {"epochs": 1}

@@ -34,8 +34,12 @@ def test_no_name_patient_id_or_label_image_reaches_the_store(shared_data, store,
     pd.DataFrame({"slide_id": NAMES, "patient_id": PATIENTS, "label": labels}).to_csv(
         slides / "slides.csv", index=False
     )
+    (slides / "DOEHERTY_JANELLE_1969-03-07_S26-12346.svs").write_text("not a slide")  # skipped, and listed
 
-    _, manifest_path = run_tiles("slides", str(slides), "tiles", "tiny", max_tiles_per_slide=24, workers=1)
+    slide_mpp = {NAMES[0]: 0.499}  # a per-slide override: a param of the run
+    _, manifest_path = run_tiles(
+        "slides", str(slides), "tiles", "tiny", max_tiles_per_slide=24, workers=1, slide_mpp=slide_mpp
+    )
     manifest = pd.read_parquet(manifest_path)
     assert set(manifest["partition"]) == {"ssrl", "downstream", "evaluation"}
     assert manifest["slide_id"].str.fullmatch(r"s-[0-9a-f]{12}").all()
@@ -44,13 +48,16 @@ def test_no_name_patient_id_or_label_image_reaches_the_store(shared_data, store,
         "mae", "1:1", manifest=str(manifest_path), pool_size=32, epochs=1, batch_size=16, num_workers=0
     )
     run_downstream(uri, "linear", budgets=(50,), resamples=1)
+    run_downstream(uri, "representation")  # per-tile tables and a t-SNE
 
     # The private folder maps each pseudonym back to its slide, for whoever holds the slides.
     private = tmp_path / "tiles" / PRIVATE_DIR
     assert (private / KEY_FILE).stat().st_mode & 0o077 == 0
     mapping = pd.read_csv(private / MAPPING_FILE)
     slide_rows = mapping[mapping["kind"] == "slide"].set_index("pseudonym")
-    assert sorted(slide_rows["real_id"]) == sorted(NAMES) and set(manifest["slide_id"]) == set(slide_rows.index)
+    assert set(slide_rows.loc[manifest["slide_id"].unique(), "real_id"]) == set(NAMES)
+    skipped = pd.read_csv(tmp_path / "tiles" / "skipped_slides.csv")
+    assert slide_rows.loc[skipped["slide_id"], "real_id"].tolist() == ["DOEHERTY_JANELLE_1969-03-07_S26-12346"]
 
     searched = [p for p in tmp_path.rglob("*") if p.is_file() and slides not in p.parents and private not in p.parents]
     assert any(p.name == "mlruns.db" for p in searched) and any("artifacts" in p.parts for p in searched)

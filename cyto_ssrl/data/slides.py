@@ -54,7 +54,11 @@ def slide_mpp(slide: openslide.AbstractSlide, slide_id: str, override: float | N
         return float(value)
     if default is not None:
         return float(default)
-    raise CytoError(f"slide {slide_id!r} has no um/px in its metadata; pass mpp={slide_id}=<um/px> (or a default mpp)")
+    # slides.csv first: `mlflow run` logs mpp=<slide>=... as given, and a slide's name may identify its patient.
+    raise CytoError(
+        f"slide {slide_id!r} has no um/px in its metadata; give it in slides.csv's mpp column, "
+        f"or pass mpp={slide_id}=<um/px> (or a default mpp)"
+    )
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,10 @@ def make_tiles(
     plan = split_plan(plan, cfg)
     # Balanced partitions are drawn before any tile is cut: a tile they drop is never read or written.
     kept = balance_partitions(plan, cfg.balance, cfg.seed)
-    if cfg.pseudonymize:
+    if cfg.pseudonymize and source != "synthetic":
         # After the split and the draws, which therefore do not depend on the key: same slides and seed, same tiles.
+        # Not the generated cohort: its names identify nobody, and pools and budgets (drawn in tile-id order) must be
+        # the same on every clone.
         kept, skipped = pseudonymize(kept, skipped, key_path(cfg.pseudonym_key, output_dir))
     manifest = write_tiles(kept, output_dir, cfg)
     manifest.attrs.update(skipped_slides=skipped, balance=balance_report(plan, kept, cfg.balance))

@@ -47,6 +47,9 @@ def _json_fields(path: Path) -> dict:
         raise CytoError(f"{path} is not JSON ({exc})") from None
     if not isinstance(fields, dict):
         raise CytoError(f'{path} holds a {type(fields).__name__}, not an object of study settings ({{"ratios": ...}})')
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(StudyConfig)})
+    if unknown:
+        raise CytoError(f"{path}: unknown setting(s) {unknown}; see StudyConfig in cyto_ssrl/study/presets.py")
     return fields
 
 

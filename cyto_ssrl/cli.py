@@ -13,9 +13,15 @@ import sys
 from cyto_ssrl.data.config import PAPER_PARTITIONS
 from cyto_ssrl.errors import CytoError
 
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "CYTO_SSRL_DEBUG"  # =1: the same, where the command line is not yours (`mlflow run`)
+
 
 def main(run) -> None:
-    """Call an entry point's `run()`; a CytoError becomes one line on stderr and exit status 2."""
+    """Call an entry point's `run()`; a CytoError becomes one line on stderr and exit status 2 (with --debug or
+    CYTO_SSRL_DEBUG=1, it is raised with its traceback instead)."""
+    debug = DEBUG_FLAG in sys.argv or os.environ.get(DEBUG_ENV) == "1"
+    sys.argv = [arg for arg in sys.argv if arg != DEBUG_FLAG]
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -23,10 +29,12 @@ def main(run) -> None:
     try:
         run()
     except CytoError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:  # a full disk is the user's to fix, in one line; every file it hit was left as it was
-        if exc.errno != errno.ENOSPC:
+        if exc.errno != errno.ENOSPC or debug:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
         print(f"error: no space left on device{where}: free some, or choose another output folder", file=sys.stderr)
@@ -157,9 +165,16 @@ def _kind(f: dataclasses.Field) -> str:
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose complaint about an argument is a CytoError: one line, like every other bad input."""
+
+    def error(self, message: str):
+        raise CytoError(f"{message} (see --help)")
+
+
 def parse_params(params_type, description: str, argv: list[str] | None = None):
     """The entry point's parameters from the command line, as an instance of its dataclass `params_type`."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = _Parser(description=description)
     fields = dataclasses.fields(params_type)
     for f in fields:
         parser.add_argument(

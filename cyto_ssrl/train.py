@@ -210,17 +210,16 @@ def fit(
 ) -> None:
     """Train for cfg.epochs, saving Accelerate state every `checkpoint_every` epochs; `resume` continues from it."""
     start = load_checkpoint(accelerator, checkpoint_dir) if resume else 0
-    bar = progress_bar(
-        accelerator.is_main_process, total=(cfg.epochs - start) * len(loader), desc="training", unit="step"
-    )
-    for epoch in range(start, cfg.epochs):
-        set_loader_epoch(loader, epoch, cfg.seed, accelerator.process_index)
-        loss = train_one_epoch(model, loader, optimizer, accelerator, epoch, cfg, after_step, bar)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, loss)
-        if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            save_checkpoint(accelerator, checkpoint_dir, epoch)
-    bar.close()
+    total = (cfg.epochs - start) * len(loader)
+    # Closed however training ends, so an error (a NaN loss) is printed on a line of its own, not after the bar.
+    with progress_bar(accelerator.is_main_process, total=total, desc="training", unit="step") as bar:
+        for epoch in range(start, cfg.epochs):
+            set_loader_epoch(loader, epoch, cfg.seed, accelerator.process_index)
+            loss = train_one_epoch(model, loader, optimizer, accelerator, epoch, cfg, after_step, bar)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, loss)
+            if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+                save_checkpoint(accelerator, checkpoint_dir, epoch)
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) -> None:

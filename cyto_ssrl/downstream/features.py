@@ -102,7 +102,7 @@ def cached_features(
         return compute()
     path = cache_path(feature_dir, key)
     if path.exists():
-        stored = torch.load(path, weights_only=True)
+        stored = _read_cache(path)
         if stored["key"] == key:
             return stored["features"]
         log.info("feature cache %s was written for %s; recomputing", path, stored["key"])
@@ -110,3 +110,16 @@ def cached_features(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
     return features
+
+
+def _read_cache(path: Path) -> dict:
+    """A cache file as written. Ours are written whole (write_atomic), so a broken one was damaged afterwards: say
+    so, rather than silently overwrite what may be a sign of a failing disk."""
+    try:
+        stored = torch.load(path, weights_only=True)
+        stored["key"], stored["features"]  # noqa: B018 (a file without them is broken too)
+    except Exception as exc:  # torch raises a different type for each way a file can be broken
+        raise CytoError(
+            f"feature cache {path} cannot be read ({type(exc).__name__}); delete it and it is computed again"
+        ) from None
+    return stored

@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from cyto_ssrl import machines, names, tracking
+from cyto_ssrl.checks import one_of
 from cyto_ssrl.config import flatten, preset
 from cyto_ssrl.data.pools import parse_ratio, pool_digest, ratio_label, read_manifest
 from cyto_ssrl.errors import CytoError
-from cyto_ssrl.methods import build_method, create_backbone
+from cyto_ssrl.methods import METHODS, build_method, create_backbone
 from cyto_ssrl.methods.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset_name
 from cyto_ssrl.pretrain import PretrainJob, load_backbone, run_job
 from cyto_ssrl.stages import registration
@@ -48,6 +49,7 @@ def run_pretrain(
     `resume` continues a killed run in that run; `continue_from` (a failed run's job folder) starts a new run from
     the failed one's last checkpoint, as the study does when it re-runs a pre-training cell.
     """
+    one_of("method", method, METHODS)  # before the preset: 'tiny' + an unknown method is no unknown preset
     if init:
         return register_external(init, method, preset_name, seed=seed, run_id=run_id, **overrides)
     if resume:

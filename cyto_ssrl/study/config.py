@@ -27,7 +27,7 @@ def load_config(name: str, **axes) -> StudyConfig:
     if name in STUDY_PRESETS:
         fields, base = {}, name
     elif name.endswith(".json") and Path(name).is_file():
-        fields, base = json.loads(Path(name).read_text()), "demo"
+        fields, base = _json_fields(Path(name)), "demo"
     else:
         raise CytoError(f"unknown study preset {name!r}; choose one of {sorted(STUDY_PRESETS)} or a .json file")
     given = {k: v for k, v in axes.items() if v not in (None, ())}  # the command line's over the file's
@@ -37,6 +37,20 @@ def load_config(name: str, **axes) -> StudyConfig:
         f.name: tuple(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), list)
     }
     return dataclasses.replace(cfg, **lists)
+
+
+def _json_fields(path: Path) -> dict:
+    """A study's JSON file: one object of StudyConfig fields."""
+    try:
+        fields = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CytoError(f"{path} is not JSON ({exc})") from None
+    if not isinstance(fields, dict):
+        raise CytoError(f'{path} holds a {type(fields).__name__}, not an object of study settings ({{"ratios": ...}})')
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(StudyConfig)})
+    if unknown:
+        raise CytoError(f"{path}: unknown setting(s) {unknown}; see StudyConfig in cyto_ssrl/study/presets.py")
+    return fields
 
 
 def settings(cfg: StudyConfig) -> dict[str, str]:

@@ -32,29 +32,51 @@ def tracking_to(uri: str, folder: Path, monkeypatch):
     """Everything the test calls works in `folder` and tracks to `uri`; runs left open are ended afterwards."""
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    clear_run_context(monkeypatch)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
 
 
+@pytest.fixture(scope="session")
+def blank_store(tmp_path_factory) -> Path:
+    """An empty SQLite tracking store made once: MLflow takes seconds to create one, and a copy opens at once."""
+    folder = tmp_path_factory.mktemp("blank_store")
+    with private_store(folder):
+        mlflow.search_runs(search_all_experiments=True)
+    return folder / "mlruns.db"
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
+def store(tmp_path, monkeypatch, blank_store) -> str:
     """A private tracking store (SQLite file + artifacts) in tmp_path, used by everything the test calls."""
+    shutil.copy(blank_store, tmp_path / "mlruns.db")
     yield from tracking_to(f"sqlite:///{tmp_path / 'mlruns.db'}", tmp_path, monkeypatch)
 
 
 @contextlib.contextmanager
 def private_store(folder: Path):
     """Work in `folder` with its own SQLite store, whatever the environment points at (for module-scoped fixtures)."""
+    outer_uri = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
-        yield
+        clear_run_context(patch)
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(outer_uri)  # the test that first asked for the fixture goes on in its store
+
+
+def clear_run_context(patch: pytest.MonkeyPatch) -> None:
+    """Unset MLflow's run and experiment variables, and undo afterwards whatever MLflow sets in them meanwhile
+    (`set_experiment` sets MLFLOW_EXPERIMENT_ID): a monkeypatch restores only a variable it has recorded, and
+    `delenv` of an absent one records nothing."""
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        patch.setenv(name, "")
+        patch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from cyto_ssrl import cli
 from cyto_ssrl.errors import CytoError
 from cyto_ssrl.methods.mae import MAE
 
-from .conftest import private_store
 from .data.helpers import _field, _slides_folder, linked
 from .data.test_bad_slides import _geojson
 from .helpers import MODEL, ROOT, free_port, local_env_path, mlflow_run
@@ -73,11 +71,8 @@ class Inputs:
         return str(self.tmp / "odd")
 
     def shared(self, name: str):
-        """A session fixture, made in its own store the first time: MLflow is pointed back at the test's."""
-        value = self.request.getfixturevalue(name)
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        self.monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # that store's, which MLflow left behind
-        return value
+        """A session fixture (made in its own store the first time)."""
+        return self.request.getfixturevalue(name)
 
     def cohort(self) -> str:
         """The small synthetic cohort's manifest (tiled once per session)."""
@@ -416,22 +411,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory) -> Path:
-    """An empty tracking store made once: MLflow takes seconds to create one, and a copy opens at once."""
-    folder = tmp_path_factory.mktemp("blank_store")
-    with private_store(folder):
-        mlflow.search_runs(search_all_experiments=True)
-    return folder / "mlruns.db"
-
-
-@pytest.fixture
-def quick_store(store, blank_db) -> str:
-    """The test's private store (as `store`), started from a copy of the blank one."""
-    shutil.copy(blank_db, store.removeprefix("sqlite:///"))
-    return store
-
-
 def snapshot(folder: Path) -> set[Path]:
     """Every file under `folder` except the tracking store's."""
     return {p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in STORE_FILES}
@@ -462,14 +441,14 @@ def refuse(entry: str, argv: list[str], capsys, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.entry}-{c.id}" for c in CASES])
-def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, quick_store, tmp_path, request, capsys, monkeypatch):
+def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, store, tmp_path, request, capsys, monkeypatch):
     argv = case.argv(Inputs(tmp_path, request, monkeypatch))
     files, runs, registered = snapshot(tmp_path), statuses(), versions()
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
     message = refuse(case.entry, argv, capsys, monkeypatch)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", quick_store)
-    mlflow.set_tracking_uri(quick_store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
     assert case.message in message
     touched = {status for run_id, status in statuses().items() if runs.get(run_id) != status}
     assert touched <= {"FAILED"}, "a refused command left a run FINISHED or RUNNING"
@@ -485,7 +464,7 @@ def test_the_catalogue_covers_every_entry_point():
 
 
 @pytest.mark.parametrize("flag, env", [(["--debug"], {}), ([], {"CYTO_SSRL_DEBUG": "1"})], ids=["flag", "env"])
-def test_debug_raises_the_error_with_its_traceback(quick_store, capsys, monkeypatch, flag, env):
+def test_debug_raises_the_error_with_its_traceback(store, capsys, monkeypatch, flag, env):
     from entrypoints import pools
 
     for name, value in env.items():

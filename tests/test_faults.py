@@ -1,17 +1,29 @@
 """Faults really caused: a full disk (a small tmpfs mounted by the test, as root) while a feature cache or a
-training checkpoint is written leaves the previous one whole and readable, and no half-written file behind."""
+training checkpoint is written leaves the previous one whole and readable, and no half-written file behind; several
+processes writing the same feature cache, pool or random-init weights file at once all succeed and leave one whole
+file."""
 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import subprocess
 
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from cyto_ssrl.config import preset
 from cyto_ssrl.downstream.features import cache_path, cached_features
+from cyto_ssrl.methods import create_backbone
+from cyto_ssrl.methods.config import PRETRAIN_PRESETS
+from cyto_ssrl.stages.pools import run_pools
+from cyto_ssrl.study.cells import random_init_weights
 from cyto_ssrl.train import load_checkpoint, save_checkpoint, stage_accelerator
+
+WRITERS = 4
 
 
 @pytest.fixture
@@ -65,3 +77,82 @@ def test_a_full_disk_leaves_the_previous_checkpoint_whole(small_disk):
     assert sorted(p.name for p in small_disk.iterdir()) == ["epoch.json", "filler", "state-0"]
     assert load_checkpoint(accelerator, small_disk) == 1  # the epoch after the one saved
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def at_once(writer, *args) -> None:
+    """`writer(*args)` in WRITERS processes at the same time; an exception in any of them fails the test.
+
+    Forked, not spawned: a spawned process spends seconds importing torch before it writes anything, so the writers
+    would hardly overlap on a small machine.
+    """
+    with multiprocessing.get_context("fork").Pool(WRITERS, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pool.starmap(writer, [args] * WRITERS)
+
+
+def leftovers(folder) -> list:
+    """Temporary files a writer left behind (write_atomic's are hidden and end in .tmp)."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def cache_key(tiles: str) -> dict[str, str]:
+    return {"model_name": "m", "model_version": "1", "partition": "evaluation", "preprocessing": "p", "tiles": tiles}
+
+
+def features_of(key: dict[str, str]) -> torch.Tensor:
+    return torch.full((2000, 64), float(ord(key["tiles"])))
+
+
+def write_features(folder, rounds: int) -> None:
+    # Two keys of one cache file, taken in turn: most calls find the other key's features and replace the file while
+    # other processes read or replace it too.
+    for i in range(rounds):
+        key = cache_key("ab"[(i + os.getpid()) % 2])
+        assert torch.equal(cached_features(key, lambda k=key: features_of(k), folder), features_of(key))
+
+
+def test_processes_writing_one_feature_cache_at_once_all_succeed(tmp_path):
+    at_once(write_features, tmp_path, 40)
+    stored = torch.load(cache_path(tmp_path, cache_key("a")), weights_only=True)
+    assert stored["key"] in (cache_key("a"), cache_key("b")) and torch.equal(
+        stored["features"], features_of(stored["key"])
+    )
+    assert leftovers(tmp_path) == []
+
+
+def write_pools(manifest, output, rounds: int) -> None:
+    for _ in range(rounds):
+        _, path, digest = run_pools(str(manifest), "1:2", pool_size=64, output_dir=str(output))
+        assert pd.read_parquet(path)["tile_id"].is_unique
+
+
+def test_processes_writing_one_pool_at_once_all_succeed(store, small_cohort, tmp_path):
+    # First in this process: it also creates the tracking store, which processes that all find it missing would
+    # each try to create (MLflow's SQLite store is not made to be created by several at once).
+    _, expected, _ = run_pools(str(small_cohort), "1:2", pool_size=64, output_dir=str(tmp_path / "expected"))
+    at_once(write_pools, small_cohort, tmp_path / "pools", 3)
+    (path,) = (tmp_path / "pools").iterdir()
+    assert path.name == expected.name and pd.read_parquet(path).equals(pd.read_parquet(expected))
+    assert leftovers(tmp_path / "pools") == []
+
+
+def tiny_backbone_config():
+    return preset(PRETRAIN_PRESETS, "tiny-mae", method="mae")
+
+
+def write_random_init(folder, rounds: int) -> None:
+    # One folder a round: every process finds no file in it and writes the same seeded weights at about the same time.
+    cfg = tiny_backbone_config()
+    for i in range(rounds):
+        load_file(random_init_weights(cfg, folder / str(i)))  # whole, whichever process wrote it
+
+
+def test_processes_writing_one_random_init_file_at_once_all_succeed(tmp_path):
+    at_once(write_random_init, tmp_path, 6)
+    cfg = tiny_backbone_config()
+    torch.manual_seed(0)
+    expected = create_backbone(cfg.backbone, cfg.img_size, cfg.patch_size).state_dict()
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 6 and leftovers(tmp_path) == []
+    for path in files:
+        stored = load_file(path)
+        assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in expected)

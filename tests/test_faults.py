@@ -1,5 +1,5 @@
-"""Faults really caused: a full disk (a small tmpfs mounted by the test, as root) while a feature cache or a
-training checkpoint is written leaves the previous one whole and readable, and no half-written file behind; several
+"""Faults really caused: a full disk (a small tmpfs mounted by the test, as root) while a feature cache, a training
+checkpoint or a tiling is written leaves the previous one whole and readable, and no half-written file behind; several
 processes writing the same feature cache, pool or random-init weights file at once all succeed and leave one whole
 file."""
 
@@ -9,17 +9,20 @@ import errno
 import multiprocessing
 import os
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from cyto_ssrl.cli import main
 from cyto_ssrl.config import preset
 from cyto_ssrl.downstream.features import cache_path, cached_features
 from cyto_ssrl.methods import create_backbone
 from cyto_ssrl.methods.config import PRETRAIN_PRESETS
 from cyto_ssrl.stages.pools import run_pools
+from cyto_ssrl.stages.tiles import run_tiles
 from cyto_ssrl.study.cells import random_init_weights
 from cyto_ssrl.train import load_checkpoint, save_checkpoint, stage_accelerator
 
@@ -37,8 +40,8 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def fill(disk) -> None:
-    """Write until the disk is full."""
+def fill(disk, leave: int = 0) -> None:
+    """Write until the disk is full, then give back `leave` bytes."""
     with open(disk / "filler", "wb") as filler:
         try:
             while True:
@@ -46,6 +49,8 @@ def fill(disk) -> None:
                 filler.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
+    size = (disk / "filler").stat().st_size
+    os.truncate(disk / "filler", max(0, size - leave))
 
 
 def test_a_full_disk_leaves_the_previous_feature_cache_whole(small_disk):
@@ -77,6 +82,39 @@ def test_a_full_disk_leaves_the_previous_checkpoint_whole(small_disk):
     assert sorted(p.name for p in small_disk.iterdir()) == ["epoch.json", "filler", "state-0"]
     assert load_checkpoint(accelerator, small_disk) == 1  # the epoch after the one saved
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+PAGE = 4096  # tmpfs counts whole pages: a 64 px tile takes one
+
+
+def tile_bytes(manifest: pd.DataFrame) -> dict[str, bytes]:
+    return {path: open(path, "rb").read() for path in manifest["path"]}
+
+
+@pytest.mark.parametrize("full_at", ["tiles", "manifest"])
+def test_a_full_disk_while_tiling_leaves_the_previous_tiles_and_manifest_whole(
+    store, small_cohort, small_disk, capsys, full_at
+):
+    slides, out = small_cohort.parent / "slides", small_disk / "out"
+    _, manifest_path = run_tiles("slides", str(slides), str(out), "tiny", balance=())
+    old = pd.read_parquet(manifest_path)
+    old_tiles = tile_bytes(old)
+    # Tiles at another JPEG quality: the same paths with other bytes, so tiles replaced without their manifest show.
+    # Room for half of them, or for all of them and not the manifest written after them.
+    room = len(old) * PAGE // 2 if full_at == "tiles" else len(old) * PAGE + 2 * PAGE
+    fill(small_disk, leave=room)
+    with pytest.raises(SystemExit) as failed:
+        main(lambda: run_tiles("slides", str(slides), str(out), "tiny", balance=(), jpeg_quality=50))
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]  # after MLflow's and the progress bars' lines
+    assert failed.value.code == 2 and error.startswith("error: no space left on device") and "Traceback" not in stderr
+    if full_at == "manifest":
+        assert "manifest.parquet" in error  # the disk filled after the last tile: the case a pair switch is for
+    assert pd.read_parquet(out / "manifest.parquet").equals(old) and tile_bytes(old) == old_tiles
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "tiles").rglob("*.jpg")) == sorted(
+        p.relative_to(out).as_posix() for p in map(Path, old["path"])
+    )
+    assert len(list(out.glob(".tiles-*"))) == 1 and not list(out.rglob("*.tmp"))
 
 
 def at_once(writer, *args) -> None:

@@ -1,19 +1,26 @@
 """Faults really caused: a full disk (a small tmpfs mounted by the test, as root) while a feature cache, a training
 checkpoint or a tiling is written leaves the previous one whole and readable, and no half-written file behind; several
 processes writing the same feature cache, pool or random-init weights file at once all succeed and leave one whole
-file."""
+file; a tracking server killed and restarted while runs log loses no metric point, and one that stays away ends the
+run's process in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing
 import os
+import signal
 import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from cyto_ssrl.cli import main
@@ -25,6 +32,8 @@ from cyto_ssrl.stages.pools import run_pools
 from cyto_ssrl.stages.tiles import run_tiles
 from cyto_ssrl.study.cells import random_init_weights
 from cyto_ssrl.train import load_checkpoint, save_checkpoint, stage_accelerator
+
+from .helpers import ROOT, free_port, start_server
 
 WRITERS = 4
 
@@ -194,3 +203,76 @@ def test_processes_writing_one_random_init_file_at_once_all_succeed(tmp_path):
     for path in files:
         stored = load_file(path)
         assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in expected)
+
+
+# A run that logs two metrics at every step through the project's tracking functions, under the entry points' main.
+LOGGING_RUN = """
+import sys, time
+from cyto_ssrl import tracking
+from cyto_ssrl.cli import main
+
+def run():
+    with tracking.stage_run("logging", {}) as run:
+        print(run.info.run_id, flush=True)
+        for step in range(int(sys.argv[1])):
+            tracking.log_metrics({"a": step, "b": -step}, step=step)
+            time.sleep(0.5)
+
+main(run)
+"""
+STEPS = 40
+
+
+def logging_run(uri: str, **env) -> subprocess.Popen:
+    """The logging run, started in a process of its own; it prints its run id once the run is open."""
+    command = [sys.executable, "-c", LOGGING_RUN, str(STEPS)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, **env}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def serve(port: int, folder: Path) -> subprocess.Popen:
+    # A SQLite file: the store outlives the server.
+    server = start_server(port, f"sqlite:///{folder / 'server.db'}", folder)
+    if server is None:
+        pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+    return server
+
+
+def kill(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already killed
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its web workers, with no time to close anything
+    server.wait()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_restarted_while_runs_log_loses_no_point_and_one_gone_too_long_fails_in_one_line(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_WORKERS", "1")  # one web worker: the server starts again sooner on a busy machine
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = serve(port, tmp_path)
+    patient = logging_run(uri)  # MLflow's own retries: about 4 minutes
+    hasty = logging_run(uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
+    patient_id, hasty_id = patient.stdout.readline().strip(), hasty.stdout.readline().strip()
+    time.sleep(2)  # a few steps logged
+    assert patient.poll() is None and hasty.poll() is None  # both killed mid-run
+    kill(server)
+    try:
+        _, hasty_err = hasty.communicate(timeout=120)
+        time.sleep(2)
+        assert patient.poll() is None  # still in its run, waiting for the server
+        server = serve(port, tmp_path)
+        _, patient_err = patient.communicate(timeout=300)
+    finally:
+        kill(server)
+        patient.kill()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'server.db'}")  # the server's store, read without it
+    assert patient.returncode == 0, patient_err
+    assert client.get_run(patient_id).info.status == "FINISHED"
+    for key in ("a", "b"):
+        assert Counter(m.step for m in client.get_metric_history(patient_id, key)) == dict.fromkeys(range(STEPS), 1)
+    last = hasty_err.strip().splitlines()[-1]
+    assert hasty.returncode == 2 and "Traceback" not in hasty_err
+    assert last.startswith(f"error: tracking server {uri} stopped answering"), hasty_err[-2000:]
+    assert client.get_run(hasty_id).info.status != "FINISHED"

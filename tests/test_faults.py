@@ -226,7 +226,10 @@ STEPS = 40
 def logging_run(uri: str, **env) -> subprocess.Popen:
     """The logging run, started in a process of its own; it prints its run id once the run is open."""
     command = [sys.executable, "-c", LOGGING_RUN, str(STEPS)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, **env}
+    # Not the experiment an earlier test of this process chose (mlflow.set_experiment exports its id): the server's
+    # store has none yet.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env = {**inherited, "MLFLOW_TRACKING_URI": uri, **env}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

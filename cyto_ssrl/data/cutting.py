@@ -55,10 +55,10 @@ def write_tiles(plan: pd.DataFrame, output_dir: Path, cfg: TileConfig) -> pd.Dat
     try:
         _cut_all(plan.assign(target=[f"{version}/tiles/{n}" for n in names]), version / "tiles", cfg)
         write_parquet(manifest, version / "manifest.parquet")
-        switch_version(output_dir, version)
     except BaseException:
         shutil.rmtree(version, ignore_errors=True)
         raise
+    switch_version(output_dir, version)  # outside the try: once `current` names it, the version must stay
     return manifest
 
 

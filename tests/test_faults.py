@@ -254,22 +254,24 @@ def test_a_tracking_server_restarted_while_runs_log_loses_no_point_and_one_gone_
     monkeypatch.setenv("MLFLOW_WORKERS", "1")  # one web worker: the server starts again sooner on a busy machine
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = serve(port, tmp_path)
+    servers = [serve(port, tmp_path)]
     patient = logging_run(uri)  # MLflow's own retries: about 4 minutes
     hasty = logging_run(uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
-    patient_id, hasty_id = patient.stdout.readline().strip(), hasty.stdout.readline().strip()
-    time.sleep(2)  # a few steps logged
-    assert patient.poll() is None and hasty.poll() is None  # both killed mid-run
-    kill(server)
     try:
+        patient_id, hasty_id = patient.stdout.readline().strip(), hasty.stdout.readline().strip()
+        time.sleep(2)  # a few steps logged
+        assert patient.poll() is None and hasty.poll() is None  # both killed mid-run
+        kill(servers[0])
         _, hasty_err = hasty.communicate(timeout=120)
         time.sleep(2)
         assert patient.poll() is None  # still in its run, waiting for the server
-        server = serve(port, tmp_path)
+        servers.append(serve(port, tmp_path))
         _, patient_err = patient.communicate(timeout=300)
-    finally:
-        kill(server)
+    finally:  # nothing left running, whatever failed
         patient.kill()
+        hasty.kill()
+        for server in servers:
+            kill(server)
     client = MlflowClient(f"sqlite:///{tmp_path / 'server.db'}")  # the server's store, read without it
     assert patient.returncode == 0, patient_err
     assert client.get_run(patient_id).info.status == "FINISHED"

@@ -39,6 +39,14 @@ def main(run) -> None:
         where = f" writing {exc.filename}" if exc.filename else ""
         print(f"error: no space left on device{where}: free some, or choose another output folder", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # the tracking server gone for longer than MLflow's retries: one line, not a traceback
+        from cyto_ssrl.tracking import lost_server
+
+        message = lost_server(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def optional(text: str | None) -> str | None:

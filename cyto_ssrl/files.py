@@ -14,6 +14,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
 
     The temporary name is unique (several processes may write the same file at once: the last rename wins, and
     every reader sees one whole file); a failed or killed write leaves `path` as it was and no temporary behind.
+    The file is flushed to disk before the rename, so a crash of the machine leaves the old file or the new one,
+    never an empty one under the new name.
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,6 +23,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        sync(tmp)
         os.replace(tmp, path)
     except Exception as exc:
         if disk_full(path.parent):  # writers such as torch.save say so in their own words, if at all
@@ -29,6 +32,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def sync(path: Path) -> None:
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
 
 
 def disk_full(folder: Path) -> bool:

@@ -1,11 +1,14 @@
-"""Plain helpers shared by several test packages: the checkout's root, a free port, the smallest study grid and the
-runs of a study or a downstream run."""
+"""Plain helpers shared by several test packages: the checkout's root, a free port, a real tracking server, the
+smallest study grid and the runs of a study or a downstream run."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -37,6 +40,30 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_server(port: int, backend: str, folder: Path, timeout: float = 180) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port`, started by the project's command with its artifacts and log
+    (server.log, appended to) in `folder`, once it answers; None if it did not answer within `timeout` seconds.
+
+    It leads a process group of its own (MLflow's server runs its web workers as children): killing the group stops
+    them all and frees the port."""
+    command = [sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri", backend]
+    command += ["--artifacts", str(folder / "artifacts")]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(folder / "server.log", "a") as log:  # the server keeps its own copy of the file
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    return None
 
 
 def micro(manifest: Path, **changes) -> StudyConfig:

@@ -1,9 +1,9 @@
 """Stage 1: slides (or cell crops) in, labelled tiles and a Parquet manifest out.
 
 plan (slide_plan.py: worker processes over slides: mpp, deposit grid, labels) -> split by patient -> balance
-(partitions drawn 1:1) -> cut (cutting.py: worker processes over tile batches) -> manifest. Tiles are written into a
-staging folder and the manifest under a temporary name; both move into place only when every tile is written, so a
-failed run leaves the previous output as it was.
+(partitions drawn 1:1) -> cut (cutting.py: worker processes over tile batches) -> manifest. Tiles and manifest are
+written into a new version folder, which replaces the previous pair in one rename only when every tile is written, so
+a failed run leaves the previous output as it was.
 """
 
 from __future__ import annotations

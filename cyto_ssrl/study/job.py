@@ -33,9 +33,10 @@ def load_study(config: Path) -> tuple[str, StudyConfig]:
 
 def save_study(path: Path, study_id: str, cfg: StudyConfig) -> Path:
     """What every job of the study reads first: its id, settings and tracking store (written once, atomically)."""
-    # Paths made absolute: a job starts in whatever folder its engine gives it (a Ray worker's is Ray's own).
+    # Paths made absolute: a job starts in whatever folder its engine gives it (a Ray worker's is Ray's own). Links
+    # are kept: a manifest links to its tiling's version folder, which a re-tiling replaces.
     absolute = {
-        name: str(Path(getattr(cfg, name)).resolve()) for name in ("output", "manifest", "input") if getattr(cfg, name)
+        name: os.path.abspath(getattr(cfg, name)) for name in ("output", "manifest", "input") if getattr(cfg, name)
     }
     cfg = dataclasses.replace(cfg, **absolute)
     saved = {"study": study_id, "tracking_uri": tracking.configure(), "cfg": dataclasses.asdict(cfg)}

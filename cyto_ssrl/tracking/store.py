@@ -50,6 +50,23 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
+def lost_server(exc: BaseException) -> str | None:
+    """What to say, in one line, when `exc` is the tracking server not answering: MLflow's client retries every
+    request with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7, about 4 minutes), so a restarted server costs
+    nothing, and only one that stayed away longer ends up here. None for any other error."""
+    import requests
+
+    while exc is not None:
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return (
+                f"tracking server {store_uri()} stopped answering and did not come back within MLflow's retries "
+                "(MLFLOW_HTTP_REQUEST_MAX_RETRIES); the run could not be ended: start the server and run the same "
+                "command again"
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def use_experiment() -> None:
     # `mlflow run` fixes the experiment through MLFLOW_EXPERIMENT_ID; setting another one would be refused.
     if "MLFLOW_EXPERIMENT_ID" not in os.environ:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ..conftest import tracking_to
-from ..helpers import ROOT, free_port
+from ..helpers import ROOT, free_port, start_server
 
 
 @pytest.fixture
@@ -31,22 +28,11 @@ def server(request, tmp_path):
     if getattr(request, "param", "sqlite") == "postgres":
         backend = request.getfixturevalue("postgres_database")
     port = free_port()
-    command = [sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri", backend]
-    command += ["--artifacts", str(tmp_path / "artifacts")]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180  # on a new PostgreSQL database, MLflow's migrations take about half a minute
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2).read()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
+    # On a new PostgreSQL database, MLflow's migrations take about half a minute.
+    process = start_server(port, backend, tmp_path)
+    if process is None:
         pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+    uri = f"http://127.0.0.1:{port}"
     yield uri
     process.terminate()
     process.wait(timeout=30)

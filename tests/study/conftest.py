@@ -3,6 +3,7 @@ SLURM cluster where this machine has one or can start one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -30,15 +31,24 @@ def server(request, tmp_path):
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     if getattr(request, "param", "sqlite") == "postgres":
         backend = request.getfixturevalue("postgres_database")
+    with start_server(tmp_path, backend) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def start_server(folder: Path, backend: str, *options: str, env: dict | None = None):
+    """`python -m entrypoints.server` in `folder` (its log `server.log`, its artifacts `artifacts/`) with `options`
+    and `env` added; yields its address once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri", backend]
-    command += ["--artifacts", str(tmp_path / "artifacts")]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    command += ["--artifacts", str(folder / "artifacts"), *options]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's entry point
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": path, **(env or {})}
+    with open(folder / "server.log", "w") as log:  # the server keeps its own copy of the file
+        process = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180  # on a new PostgreSQL database, MLflow's migrations take about half a minute
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         try:
             urllib.request.urlopen(uri + "/health", timeout=2).read()
             break
@@ -46,10 +56,12 @@ def server(request, tmp_path):
             time.sleep(0.5)
     else:
         process.kill()
-        pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+        pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+    try:
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,10 @@ import argparse
 import os
 import secrets
 import sys
-import warnings
 from pathlib import Path
 
 from cyto_ssrl.cli import main
-from cyto_ssrl.errors import CytoError
-from cyto_ssrl.tracking import refuse_password
+from cyto_ssrl.tracking import create_auth_admin, refuse_password
 
 AUTH_CONFIG = "mlflow-auth.ini"
 
@@ -34,7 +32,10 @@ def run() -> None:
     parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app: every request needs a user")
     parser.add_argument("--auth-db", default="sqlite:///mlflow-auth.db", help="the users database of --auth")
     parser.add_argument(
-        "--default-permission", default="READ", help="what a user may do with others' experiments and models"
+        "--default-permission",
+        default="READ",
+        choices=("NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"),
+        help="what a user of --auth may do with others' experiments and models",
     )
     args = parser.parse_args()
     refuse_password(args.backend_store_uri, "--backend-store-uri")
@@ -66,26 +67,18 @@ def setup_auth(database_uri: str, default_permission: str) -> None:
     password is one line here rather than a traceback of `mlflow server`."""
     refuse_password(database_uri, "--auth-db")
     config = Path(AUTH_CONFIG).resolve()
-    config.touch(mode=0o600)
+    config.touch()
+    config.chmod(0o600)
+    # A password check is a scrypt hash (about 0.3 s of a core) on every request: a checked account is trusted for a
+    # minute, so a study's thousands of calls do not queue behind it. A changed password takes up to a minute.
     config.write_text(
         f"[mlflow]\ndefault_permission = {default_permission}\ndatabase_uri = {database_uri}\n"
-        f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME') or 'admin'}\n"
+        f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME') or 'admin'}\nauth_cache_ttl_seconds = 60\n"
     )
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
     # Only for the CSRF token of the sign-up form; every worker of this start inherits the same key.
     os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
-    try:
-        with warnings.catch_warnings():  # a deprecation inside MLflow's server, nothing the user can act on
-            warnings.simplefilter("ignore")
-            from mlflow.server.auth import bootstrap_admin_user
-    except ImportError:
-        raise CytoError('--auth needs Flask-WTF: pip install -c constraints.txt -e ".[auth]"') from None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        bootstrap_admin_user()
-    except MlflowException as exc:
-        raise CytoError(exc.message) from None
+    create_auth_admin()
 
 
 if __name__ == "__main__":

@@ -42,21 +42,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(port: int, backend: str, folder: Path, timeout: float = 180) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:`port`, started by the project's command with its artifacts and log
-    (server.log, appended to) in `folder`, once it answers; None if it did not answer within `timeout` seconds.
+def start_server(port: int, backend: str, folder: Path, *options: str, env: dict | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port`, started by the project's command in `folder` (its artifacts,
+    its log server.log, appended to) with `options` and `env` added, once it answers; None if it did not answer
+    within 3 minutes (on a new PostgreSQL database MLflow's migrations take about half a minute).
 
     It leads a process group of its own (MLflow's server runs its web workers as children): killing the group stops
     them all and frees the port."""
     command = [sys.executable, "-m", "entrypoints.server", "--port", str(port), "--backend-store-uri", backend]
-    command += ["--artifacts", str(folder / "artifacts")]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command += ["--artifacts", str(folder / "artifacts"), *options]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's entry point
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": path, **(env or {})}
     with open(folder / "server.log", "a") as log:  # the server keeps its own copy of the file
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
             return process

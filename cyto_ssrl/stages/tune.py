@@ -51,6 +51,7 @@ def tune_setup(
     seed = setup.cfg.seed
     train, val = draw_budget(setup.downstream, budget, 0, seed)
     storage = storage or default_storage()
+    tracking.refuse_password(storage, "the Optuna storage")
     name = study_name(setup.version, mode, budget)
     settings = setup.cfg.training(mode)
     # No pruning while the lr still warms up: every trial is slow then.

@@ -87,6 +87,7 @@ def validate(cfg: StudyConfig, study_id: str, workers: int | None) -> None:
     if not re.fullmatch(r"[\w.-]+", study_id):
         raise CytoError(f"study id {study_id!r} may hold only letters, digits, '_', '-' and '.'")
     one_of("executor", cfg.executor, EXECUTORS)
+    tracking.refuse_password(cfg.tune_storage, "tune_storage")  # before it is logged as a param
     _check_axes(cfg)
     _check_inputs(cfg)
     if workers is not None:

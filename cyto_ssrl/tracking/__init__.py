@@ -3,8 +3,10 @@
 store.py     the tracking store: where it is, runs found by what they mean, created, ended, deleted
 runs.py      a stage's run and what it logs, and the descriptions and addresses the MLflow UI shows
 registry.py  the model registry: backbones registered with their tags and alias, versions found and loaded
+auth.py      the tracking server's users: the admin of MLflow's basic-auth app
 """
 
+from cyto_ssrl.tracking.auth import create_auth_admin
 from cyto_ssrl.tracking.registry import (
     Registration,
     load_registered_model,
@@ -46,6 +48,7 @@ from cyto_ssrl.tracking.store import (
     lost_server,
     metric,
     param,
+    refuse_password,
     run_params,
     run_status,
     run_tags,
@@ -64,6 +67,7 @@ __all__ = [
     "active_run_info",
     "browse_hint",
     "configure",
+    "create_auth_admin",
     "create_run",
     "delete_run",
     "end_run",
@@ -86,6 +90,7 @@ __all__ = [
     "model_version",
     "param",
     "pip_requirements",
+    "refuse_password",
     "register_backbone",
     "run_params",
     "run_status",

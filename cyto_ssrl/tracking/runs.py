@@ -150,7 +150,13 @@ def log_dataset(df: pd.DataFrame, source: str | Path, name: str, context: str):
         # values: neither matters for a manifest.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(df, source=str(source), name=name)
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:
+            # Runs logging the same dataset at once (parallel cells, each with the evaluation partition): the store
+            # looks for it, then inserts it, and the later insert fails on its unique key. It exists now; a second
+            # call links it.
+            mlflow.log_input(dataset, context=context)
     return dataset
 
 

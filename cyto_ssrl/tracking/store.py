@@ -7,8 +7,13 @@ params); `tag`, `param` and `metric` read its answer, so no filter string or col
 
 from __future__ import annotations
 
+import base64
+import functools
 import logging
 import os
+import ssl
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import mlflow
@@ -29,6 +34,7 @@ def configure() -> str:
     # Two INFO lines per run with system metrics would cut through the progress bar; its warnings still show.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    refuse_password(uri, "MLFLOW_TRACKING_URI")
     if uri.startswith("http"):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -40,14 +46,54 @@ def store_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def refuse_password(uri: str, where: str) -> None:
+    """A password written into a URI would travel on into params, the study's files, messages and logs: the project
+    takes passwords only from the variables made for them."""
+    if urllib.parse.urlsplit(uri).password is None:
+        return
+    variables = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    if not uri.startswith("http"):
+        variables = "PGPASSWORD (PostgreSQL's own variable) or ~/.pgpass"
+    raise CytoError(f"{where} holds a password: leave it out of the URI and set {variables} instead")
+
+
 def _check_server(uri: str) -> None:
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10, context=_tls()) as response:
             response.read()
     except OSError as exc:
         raise CytoError(
             f"tracking server {uri} is unreachable ({exc}); start it or unset MLFLOW_TRACKING_URI"
         ) from None
+    _check_account(uri, os.environ.get("MLFLOW_TRACKING_USERNAME", ""), os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+
+
+@functools.cache  # once per process and account (a failed check is not cached)
+def _check_account(uri: str, username: str, password: str) -> None:
+    """A server with auth answers 401 to every call of a client it does not know: one line here, before any work,
+    rather than MLflow's traceback from the middle of it."""
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if username or password:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=_tls()) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            given = f"user {username!r} with that password" if username else "no credentials"
+            raise CytoError(
+                f"tracking server {uri} refused {given} (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an account of it"
+            ) from None
+
+
+def _tls() -> ssl.SSLContext:
+    """What MLflow's client verifies a server with: a lab's CA (MLFLOW_TRACKING_SERVER_CERT_PATH), no check at all
+    (MLFLOW_TRACKING_INSECURE_TLS=true), else the system's CAs."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
 
 
 def lost_server(exc: BaseException) -> str | None:

@@ -3,8 +3,10 @@ SLURM cluster where this machine has one or can start one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -27,15 +29,23 @@ def server(request, tmp_path):
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     if getattr(request, "param", "sqlite") == "postgres":
         backend = request.getfixturevalue("postgres_database")
+    with running_server(tmp_path, backend) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def running_server(folder: Path, backend: str, *options: str, env: dict | None = None):
+    """`python -m entrypoints.server` in `folder` (its log `server.log`, its artifacts `artifacts/`) with `options`
+    and `env` added; yields its address once it answers."""
     port = free_port()
-    # On a new PostgreSQL database, MLflow's migrations take about half a minute.
-    process = start_server(port, backend, tmp_path)
+    process = start_server(port, backend, folder, *options, env=env)
     if process is None:
-        pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-    uri = f"http://127.0.0.1:{port}"
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+        pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its web workers
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,7 @@ def _kind(f: dataclasses.Field) -> str:
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, whose complaint about an argument is a CytoError: one line, like every other bad input."""
 
     def error(self, message: str):
@@ -182,7 +182,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_params(params_type, description: str, argv: list[str] | None = None):
     """The entry point's parameters from the command line, as an instance of its dataclass `params_type`."""
-    parser = _Parser(description=description)
+    parser = Parser(description=description)
     fields = dataclasses.fields(params_type)
     for f in fields:
         parser.add_argument(

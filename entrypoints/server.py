@@ -17,14 +17,14 @@ import secrets
 import sys
 from pathlib import Path
 
-from cyto_ssrl.cli import main
+from cyto_ssrl.cli import Parser, main
 from cyto_ssrl.tracking import create_auth_admin, refuse_password
 
 AUTH_CONFIG = "mlflow-auth.ini"
 
 
 def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend-store-uri", default="sqlite:///mlflow-server.db", help="SQLite or PostgreSQL URL")
     parser.add_argument("--artifacts", default="mlartifacts", help="artifact root the server writes")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve workers on other machines")

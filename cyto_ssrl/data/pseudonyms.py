@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from cyto_ssrl.errors import CytoError
+from cyto_ssrl.files import write_atomic
 
 KEY_FILE = "pseudonym.key"
 MAPPING_FILE = "pseudonyms.csv"  # written beside the key
@@ -98,10 +99,11 @@ def _write_mapping(path: Path, slides: dict, patients: dict, files: dict) -> Non
         rows[(alias, "slide")] = dict(pseudonym=alias, kind="slide", real_id=real, file=str(files[real]))
     for real, alias in patients.items():
         rows[(alias, "patient")] = dict(pseudonym=alias, kind="patient", real_id=real, file="")
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=MAPPING_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows[k] for k in sorted(rows))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:  # into write_atomic's temporary file, which only its owner can read
+        with tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=MAPPING_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows[k] for k in sorted(rows))
+
+    write_atomic(path, write)

@@ -28,6 +28,9 @@ class StudyConfig:
     annotations: str | None = None
     manifest: str | None = None  # an existing tile manifest: the study skips tiling
     tile_preset: str = "tiny"
+    # TileConfig fields over the tile preset's (stage 1), e.g. {"partitions": {...}, "default_mpp": 0.25}; "csv"
+    # takes CsvAnnotationConfig fields as a dict ({"image_size": [1376, 1020]}), as JSON can give it.
+    tile_overrides: dict[str, object] = field(default_factory=dict)
     pseudonymize: bool = True  # stage 1's: slide, patient and tile ids as keyed hashes; false keeps public data's names
     pool_size: int = 200
     pretrain_preset: str = "tiny"  # tiny | paper | a PRETRAIN_PRESETS name (tiny/paper pick the method's variant)
@@ -82,3 +85,57 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
         external="",
     ),
 }
+
+# Real public cells in ../shared/data (paths relative to the working directory: run from the repo root with
+# ../shared beside it). Both split 0.5 : 0.3 : 0.2, not the paper's 120,000 : 40,000 : 8,000, which would leave a
+# few dozen evaluation tiles; 64 px tiles and the tiny backbones, so each study runs in about 20-30 minutes on 2 CPU
+# cores. Ratios, pools and budgets are what the ssrl and downstream partitions of that split allow (counted from
+# their tilings, seed 0).
+REAL_PARTITIONS = {"ssrl": 0.5, "downstream": 0.3, "evaluation": 0.2}
+REAL_AXES = {
+    "methods": ("mae", "simclr"),
+    "modes": ("linear", "finetune"),
+    "resamples": 5,  # the paper's
+    "external": "random",  # the "does pre-training help at all" baseline the paired tests compare with
+    "representation": True,
+}
+STUDY_PRESETS["herlev"] = StudyConfig(
+    # Herlev's ssrl partition has 237 abnormal and only 84 normal cells: negatives, not positives, bound the pools.
+    # A pool of 85 holds 1:1 (42 + 43) up to 1:84 (one positive and every negative), the most extreme possible.
+    ratios=("1:1", "1:5", "1:20", "1:84"),
+    # 51 + 51 downstream cells: 5 % is 5 cells (one a class to train on), 1 % none, so 100/50/10/5 are allowed;
+    # 5 % trains on one cell a class, kept as the nearest to the paper's 1 % that can be drawn.
+    budgets=(100, 50, 10, 5),
+    source="cells",
+    input="../shared/data/herlev/train",
+    tile_overrides={"partitions": dict(REAL_PARTITIONS)},
+    pseudonymize=False,  # public data: the real cell names identify nobody
+    pool_size=85,
+    # 85 tiles are 2 batches of 32 an epoch: 30 epochs are 60 optimiser steps, about a minute a pre-training.
+    pretrain_overrides={"epochs": 30},
+    **REAL_AXES,
+)
+STUDY_PRESETS["cric"] = StudyConfig(
+    # 64 px tiles at 0.586 um/px (37.5 um, one or two cells; the tiny preset's 75 um gives 211 tiles from the 50
+    # fields, 50 positive in ssrl): 135 positive and 465 negative ssrl tiles. A pool of 270 holds 1:1 (135 + 135,
+    # every positive) up to 1:269 (one positive), the most extreme possible; 1:100 is the paper's headline ratio.
+    ratios=("1:1", "1:5", "1:20", "1:100", "1:269"),
+    # 50 + 50 downstream tiles: 5 % is 5 tiles (one a class to train on), 1 % none.
+    budgets=(100, 50, 10, 5),
+    source="slides",
+    input="../shared/data/cric/dataset",
+    annotations="../shared/data/cric/classifications.csv",
+    # CRIC's coordinates are given at 1376x1020 (the fields here are resampled to 1280x960); 0.25 um/px as in
+    # its README, since the PNGs carry none.
+    tile_overrides={
+        "partitions": dict(REAL_PARTITIONS),
+        "target_mpp": 0.586,
+        "default_mpp": 0.25,
+        "csv": {"image_size": (1376, 1020)},
+    },
+    pseudonymize=False,
+    pool_size=270,
+    # 270 tiles are 8 batches of 32: 8 epochs are 64 optimiser steps, about as many as Herlev's.
+    pretrain_overrides={"epochs": 8},
+    **REAL_AXES,
+)

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from analysis.query import EXTERNAL, PAIR_KEYS, pretrained, sort_rows
@@ -33,6 +34,7 @@ COLUMNS = [
     "reference_mean_pct",
     "ratio_mean_pct",
     "drop_pp",
+    "ci95_pp",
     "p_value",
     "p_holm",
     "significant",
@@ -50,6 +52,7 @@ BASELINE_COLUMNS = [
     "pretrained_mean_pct",
     "baseline_mean_pct",
     "gain_pp",
+    "ci95_pp",
     "p_value",
     "p_holm",
     "significant",
@@ -139,6 +142,7 @@ def baseline_gains(results: pd.DataFrame, metric: str, alpha: float = ALPHA) -> 
                 "pretrained_mean_pct": test["reference_mean_pct"],
                 "baseline_mean_pct": test["ratio_mean_pct"],
                 "gain_pp": test["drop_pp"],
+                "ci95_pp": test["ci95_pp"],
                 "p_value": test["p_value"],
                 "note": test["note"],
             }
@@ -150,7 +154,9 @@ def baseline_gains(results: pd.DataFrame, metric: str, alpha: float = ALPHA) -> 
 
 
 def paired_test(reference: pd.Series, other: pd.Series, alpha: float) -> dict:
-    """Mean drop (reference - other, in percentage points) and a two-sided paired t-test."""
+    """Mean drop (reference - other, in percentage points), the half-width of its 95 % confidence interval (how
+    large a difference these pairs can resolve: a drop inside it is not told apart from none, before any
+    multiple-comparison correction) and a two-sided paired t-test."""
     n = len(reference)
     difference = reference - other
     note = ""
@@ -167,10 +173,18 @@ def paired_test(reference: pd.Series, other: pd.Series, alpha: float) -> dict:
         "reference_mean_pct": reference.mean(),
         "ratio_mean_pct": other.mean(),
         "drop_pp": difference.mean(),
+        "ci95_pp": _ci_half_width(difference),
         "p_value": p_value,
         "significant": bool(p_value < alpha),
         "note": note,
     }
+
+
+def _ci_half_width(difference: pd.Series) -> float:
+    n = len(difference)
+    if n < 2:
+        return np.nan
+    return float(student_t.ppf(0.975, n - 1) * difference.std(ddof=1) / np.sqrt(n))
 
 
 def _reference_note(reference_r: int) -> str:

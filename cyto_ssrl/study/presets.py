@@ -88,54 +88,58 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
 
 # Real public cells in ../shared/data (paths relative to the working directory: run from the repo root with
 # ../shared beside it). Both split 0.5 : 0.3 : 0.2, not the paper's 120,000 : 40,000 : 8,000, which would leave a
-# few dozen evaluation tiles; 64 px tiles and the tiny backbones, so each study runs in about 20-30 minutes on 2 CPU
-# cores. Ratios, pools and budgets are what the ssrl and downstream partitions of that split allow (counted from
-# their tilings, seed 0).
+# few dozen evaluation tiles. Ratios, pools and budgets are what the ssrl and downstream partitions of that split
+# allow (counted from their tilings, seed 0). 32 px tiles and the tiny backbones: on 2 shared CPU cores a 64 px
+# fine-tuning of 80 tiles took 45 s, and the grid holds 100 of them; at 32 px (16 ViT patches) it is a few seconds.
 REAL_PARTITIONS = {"ssrl": 0.5, "downstream": 0.3, "evaluation": 0.2}
+REAL_TILE_SIZE = 32
+# Of the budgets the downstream partitions (about 100 tiles, 1:1) allow, 100/50/10/5 %, the study runs 100 % (80
+# training tiles, already fewer than the paper's 1 % of 40,000) and 10 % (4 training tiles a class): 5 % trains on
+# one tile a class, and every budget costs 10 versions x 2 modes x 5 resamplings of runs.
+REAL_BUDGETS = (100, 10)
 REAL_AXES = {
     "methods": ("mae", "simclr"),
     "modes": ("linear", "finetune"),
+    "budgets": REAL_BUDGETS,
     "resamples": 5,  # the paper's
     "external": "random",  # the "does pre-training help at all" baseline the paired tests compare with
     "representation": True,
+    "pseudonymize": False,  # public data: the real image names identify nobody
 }
+# Pre-training settings both share: 32 px inputs (ViT-tiny patch 8: 16 tokens), no loader worker processes (a
+# pool of 32 px images loads in milliseconds; two workers take seconds to start on a busy machine), and a
+# checkpoint every 10 epochs (a killed minute-long training loses little).
+REAL_PRETRAIN = {"img_size": REAL_TILE_SIZE, "num_workers": 0, "checkpoint_every": 10}
 STUDY_PRESETS["herlev"] = StudyConfig(
     # Herlev's ssrl partition has 237 abnormal and only 84 normal cells: negatives, not positives, bound the pools.
     # A pool of 85 holds 1:1 (42 + 43) up to 1:84 (one positive and every negative), the most extreme possible.
     ratios=("1:1", "1:5", "1:20", "1:84"),
-    # 51 + 51 downstream cells: 5 % is 5 cells (one a class to train on), 1 % none, so 100/50/10/5 are allowed;
-    # 5 % trains on one cell a class, kept as the nearest to the paper's 1 % that can be drawn.
-    budgets=(100, 50, 10, 5),
     source="cells",
     input="../shared/data/herlev/train",
-    tile_overrides={"partitions": dict(REAL_PARTITIONS)},
-    pseudonymize=False,  # public data: the real cell names identify nobody
+    tile_overrides={"partitions": dict(REAL_PARTITIONS), "tile_size": REAL_TILE_SIZE},  # each cell scaled to fit
     pool_size=85,
-    # 85 tiles are 2 batches of 32 an epoch: 30 epochs are 60 optimiser steps, about a minute a pre-training.
-    pretrain_overrides={"epochs": 30},
+    # 85 tiles are 2 batches of 32 an epoch: 50 epochs are 100 optimiser steps, as many as the demo's.
+    pretrain_overrides={**REAL_PRETRAIN, "epochs": 50},
     **REAL_AXES,
 )
 STUDY_PRESETS["cric"] = StudyConfig(
-    # 64 px tiles at 0.586 um/px (37.5 um, one or two cells; the tiny preset's 75 um gives 211 tiles from the 50
-    # fields, 50 positive in ssrl): 135 positive and 465 negative ssrl tiles. A pool of 270 holds 1:1 (135 + 135,
-    # every positive) up to 1:269 (one positive), the most extreme possible; 1:100 is the paper's headline ratio.
-    ratios=("1:1", "1:5", "1:20", "1:100", "1:269"),
-    # 50 + 50 downstream tiles: 5 % is 5 tiles (one a class to train on), 1 % none.
-    budgets=(100, 50, 10, 5),
+    # 32 px at 1.172 um/px (37.5 um, one or two cells; the tiny preset's 64 px tiles of 75 um give 211 tiles from
+    # the 50 fields, 50 of them positive ssrl tiles): 135 positive and 465 negative ssrl tiles. A pool of 270
+    # holds 1:1 (every positive and 135 negatives) up to 1:269 (one positive), the most extreme possible.
+    ratios=("1:1", "1:5", "1:20", "1:269"),
     source="slides",
     input="../shared/data/cric/dataset",
     annotations="../shared/data/cric/classifications.csv",
-    # CRIC's coordinates are given at 1376x1020 (the fields here are resampled to 1280x960); 0.25 um/px as in
-    # its README, since the PNGs carry none.
+    # CRIC's coordinates are given at 1376x1020 (the PNGs here are resampled to 1280x960 and carry no um/px):
+    # 0.25 um/px as the README's tiling command assumes.
     tile_overrides={
         "partitions": dict(REAL_PARTITIONS),
-        "target_mpp": 0.586,
+        "tile_size": REAL_TILE_SIZE,
         "default_mpp": 0.25,
         "csv": {"image_size": (1376, 1020)},
     },
-    pseudonymize=False,
     pool_size=270,
-    # 270 tiles are 8 batches of 32: 8 epochs are 64 optimiser steps, about as many as Herlev's.
-    pretrain_overrides={"epochs": 8},
+    # 270 tiles are 8 batches of 32: 12 epochs are 96 optimiser steps, about as many as Herlev's.
+    pretrain_overrides={**REAL_PRETRAIN, "epochs": 12},
     **REAL_AXES,
 )

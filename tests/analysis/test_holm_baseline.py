@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from analysis.stats import baseline_gains, holm
@@ -57,6 +58,8 @@ def test_baseline_gain_pairs_each_version_with_the_baseline_on_the_same_draws():
         expected_p = ttest_rel(own[:3], baseline[:3]).pvalue
         assert row.gain_pp == pytest.approx(100 * (np.mean(own[:3]) - np.mean(baseline[:3])))
         assert row.p_value == pytest.approx(expected_p)
+        differences = 100 * (np.array(own[:3]) - np.array(baseline[:3]))
+        assert row.ci95_pp == pytest.approx(student_t.ppf(0.975, 2) * differences.std(ddof=1) / np.sqrt(3))
     assert list(gains["p_holm"]) == pytest.approx(list(holm(gains["p_value"])))
     assert list(gains["significant"]) == list(gains["p_holm"] < 0.05)
     assert baseline_gains(results[results["method"] != "external"], "acc").empty

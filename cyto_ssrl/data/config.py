@@ -36,6 +36,14 @@ class SyntheticConfig:
     n_slides: int = 12
     positive_slide_fraction: float = 0.5
     prevalence: float = 0.01  # fraction of cells on a positive slide that are positive (paper Fig. 1: about 1 %)
+    # What a positive cell looks like: the knob that makes the cohort a positive control of the study.
+    # "distinct": HSIL-like (a small dense cell with a large, hyperchromatic, irregular nucleus), a look no negative
+    # cell has. An encoder learns it only from its pool's positive tiles, so the study should find accuracy falling
+    # from 1:1 to 1:100 where few labels cannot make up for it.
+    # "shared": a negative-looking squamous cell whose round nucleus is enlarged (10-14 um against 5-8). What tells
+    # the classes apart, nuclear size and darkness, varies among negative cells too, so every pool teaches it and
+    # the study should find no drop.
+    positive_look: str = "distinct"
     mpps: tuple[float, ...] = (0.243, 0.293, 0.180)  # the paper's three scanners, cycled over slides
     deposit_um: float = 1000.0  # diameter of the cell-deposit region
     margin_um: float = 120.0  # bright background around the deposit
@@ -102,5 +110,12 @@ TILE_PRESETS: dict[str, TileConfig] = {
     # drawn 1:1, so all five paper budgets (1 % needs 350 tiles) and pools of 200 at 1:1 and 1:100 can be drawn.
     "tiny": TileConfig(
         tile_size=64, target_mpp=1.172, synthetic=SyntheticConfig(n_slides=16, deposit_um=1200.0, prevalence=0.6)
+    ),
+    # The same cohort with the positive control switched off: positives look like enlarged negatives (see
+    # SyntheticConfig.positive_look), so no pool's ratio should matter.
+    "tiny-shared": TileConfig(
+        tile_size=64,
+        target_mpp=1.172,
+        synthetic=SyntheticConfig(n_slides=16, deposit_um=1200.0, prevalence=0.6, positive_look="shared"),
     ),
 }

@@ -29,6 +29,7 @@ NUCLEUS = (72, 58, 118)
 HYPERCHROMATIC = (50, 30, 100)
 DEBRIS = (95, 80, 70)
 CLASS_COLORS = {"positive": [220, 40, 40], "negative": [40, 160, 60]}
+POSITIVE_LOOKS = ("distinct", "shared")  # SyntheticConfig.positive_look: what positive cells look like
 LOWRES_UM = 4.0  # pixel size of the mucus/haze layer, which is smooth enough to draw small and upsample
 
 
@@ -69,6 +70,8 @@ def _check(cfg: SyntheticConfig) -> None:
         raise CytoError(f"SyntheticConfig compression must be 'jpeg' or 'zlib', not {cfg.compression!r}")
     if cfg.levels < 1 or cfg.level_downsample < 2 or cfg.deposit_um <= 0 or cfg.margin_um < 0:
         raise CytoError("SyntheticConfig needs levels >= 1, level_downsample >= 2 and a positive deposit_um")
+    if cfg.positive_look not in POSITIVE_LOOKS:
+        raise CytoError(f"SyntheticConfig positive_look must be one of {POSITIVE_LOOKS}, not {cfg.positive_look!r}")
 
 
 def _make_slide(out: Path, slide_id: str, patient_id: str, label: str, mpp: float, cfg: SyntheticConfig, rng) -> dict:
@@ -88,7 +91,7 @@ def _make_slide(out: Path, slide_id: str, patient_id: str, label: str, mpp: floa
         if not positive.any():  # a positive slide always carries at least one positive cell
             positive[rng.integers(len(centres))] = True
     _debris(img, rng, _cell_centres(rng, int(area_mm2 * 250), radius) + centre_um, px, stain)
-    cells = [_draw_cell(img, rng, c * px, pos, px, stain) for c, pos in zip(centres, positive)]
+    cells = [_draw_cell(img, rng, c * px, pos, px, stain, cfg.positive_look) for c, pos in zip(centres, positive)]
 
     tiff, geojson = out / f"{slide_id}.tiff", out / f"{slide_id}.geojson"
     write_atomic(
@@ -227,20 +230,20 @@ def _paint(img, rng, poly, rgb, alpha: float, soft_px: float, edge_px: int = 0, 
     region[...] = region * _transmit(rgb, np.clip(a, 0, 1)) + 0.5
 
 
-def _draw_cell(img, rng, centre, positive: bool, px: float, stain) -> dict:
+def _draw_cell(img, rng, centre, positive: bool, px: float, stain, positive_look: str) -> dict:
     """Paint one squamous cell at centre (level-0 px); return its cytoplasm outline and nucleus centre."""
-    if positive:  # HSIL-like: small rounder cell, dense cytoplasm, big hyperchromatic irregular nucleus
+    if positive and positive_look == "distinct":  # HSIL-like: small rounder cell, dense cytoplasm, big hyperchromatic irregular nucleus
         cyto_d = rng.uniform(18, 35)
         nuc_d = min(rng.uniform(10, 20), 0.75 * cyto_d)
         cyto = _outline(rng, centre, cyto_d / 2 * px, rng.integers(10, 16), 0.08, rng.uniform(0.75, 1))
         colour, alpha = (CYANOPHILIC if rng.random() < 0.7 else EOSINOPHILIC), rng.uniform(0.55, 0.75)
         nucleus_args = (HYPERCHROMATIC, rng.uniform(0.85, 0.97), 24, 0.12, (2.5 * px, 0.55, 1.25))
-    else:  # superficial/intermediate: large flat polygonal cell, small dense round nucleus
-        cyto_d, nuc_d = rng.uniform(35, 60), rng.uniform(5, 8)
+    else:  # superficial/intermediate: large flat polygonal cell, small dense round nucleus (enlarged: "shared")
+        cyto_d, nuc_d = rng.uniform(35, 60), rng.uniform(10, 14) if positive else rng.uniform(5, 8)
         cyto = _outline(rng, centre, cyto_d / 2 * px, rng.integers(5, 9), 0.15, rng.uniform(0.6, 1))
         colour, alpha = (EOSINOPHILIC if rng.random() < 0.5 else CYANOPHILIC), rng.uniform(0.3, 0.5)
         # small pyknotic (superficial) nuclei are the densest; larger intermediate ones show paler chromatin
-        nucleus_args = (NUCLEUS, 0.95 - 0.06 * (nuc_d - 5), 20, 0.03, (1.0 * px, 0.8, 1.1))
+        nucleus_args = (NUCLEUS, max(0.75, 0.95 - 0.06 * (nuc_d - 5)), 20, 0.03, (1.0 * px, 0.8, 1.1))
     _paint(img, rng, cyto, stain(colour), alpha, 0.6 * px, edge_px=max(1, round(0.8 * px)), grain=(8 * px, 0.7, 1.2))
     if not positive and rng.random() < 0.4:  # thin flat cells often fold over at an edge: a doubled, denser sliver
         _paint(img, rng, _fold(rng, cyto, centre), stain(colour), alpha * 0.7, 0.6 * px)

@@ -133,10 +133,11 @@ def prepare(
 def budget_loop(
     settings: TrainingSettings, budget: float, n_train: int, blr: float, lr: float | None, seed: int, num_workers: int
 ) -> LoopConfig:
-    """The budget's batch size (never more than its training tiles) and lr = blr x batch / 256 unless lr is given."""
+    """The budget's batch size (never more than its training tiles), lr = blr x batch / 256 unless lr is given, and
+    the epochs that give at least `min_steps` optimiser steps (only full batches train)."""
     batch = min(settings.batch_size(budget), n_train)
     return LoopConfig(
-        epochs=settings.epochs,
+        epochs=max(settings.epochs, math.ceil(settings.min_steps / (n_train // batch))),
         batch_size=batch,
         lr=absolute_lr(blr, lr, batch),
         min_lr=settings.min_lr,

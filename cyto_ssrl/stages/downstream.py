@@ -128,15 +128,12 @@ def budget_run(
         evaluation = tracking.log_dataset(setup.evaluation, setup.manifest, name="evaluation", context="evaluation")
         split = pd.concat([train.assign(split="train"), val.assign(split="val")])[["tile_id", "label", "split"]]
         tracking.log_table(split, Path(tmp) / "budget_split.csv")
-        model, best = train_on_split(setup, mode, train, val, loop, on_epoch=log_epoch)
+        curve: list[tuple[int, dict]] = []
+        model, best = train_on_split(setup, mode, train, val, loop, on_epoch=lambda *point: curve.append(point))
+        tracking.log_curve(curve)
         scores = evaluation_scores(setup, mode, model)
         _log_evaluation(setup, setup.evaluation["y"].to_numpy(), scores, evaluation, name)
         tracking.log_metrics({"train/best_epoch": best.epoch, "train/best_val_acc": best.val_acc})
-
-
-def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    """One epoch's train/* metrics (BestEpoch's callback)."""
-    tracking.log_metrics(metrics, step=epoch)
 
 
 def _log_evaluation(setup: Setup, y: np.ndarray, scores: np.ndarray, dataset, subject: str) -> None:

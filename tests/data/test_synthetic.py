@@ -137,3 +137,33 @@ def test_zlib_compression_opens(tmp_path):
 def test_bad_config_is_a_one_line_error(tmp_path):
     with pytest.raises(CytoError, match="compression"):
         generate_cohort(tmp_path, SyntheticConfig(compression="lzw"))
+    with pytest.raises(CytoError, match="positive_look must be one of"):
+        generate_cohort(tmp_path, SyntheticConfig(positive_look="odd"))
+
+
+def _nucleus_area_um2(row, feature) -> float:
+    """Area (um^2) of the dark blob under a cell's nucleus centre: pixels much darker than the glass around it."""
+    slide = openslide.OpenSlide(row.path)
+    x, y = (int(v) for v in _nucleus(feature))
+    patch = np.asarray(slide.read_region((x - 40, y - 40), 0, (81, 81)).convert("L"), float)
+    return (patch < 150).sum() * row.mpp**2
+
+
+def test_positive_look_is_the_positive_controls_knob(tmp_path):
+    """"distinct" positives are small dense cells with big hyperchromatic nuclei; "shared" ones are negative-looking
+    cells whose round nucleus is enlarged: their nuclei are far larger than negatives' either way, and the two
+    looks differ in the cell around them."""
+    looks = {}
+    for look in ("distinct", "shared"):
+        cfg = SyntheticConfig(**{**SMALL, "n_slides": 2, "prevalence": 0.5, "positive_look": look})
+        row = generate_cohort(tmp_path / look, cfg).iloc[0]
+        row = row if row.n_positive_cells else generate_cohort(tmp_path / look, cfg).iloc[1]
+        features = _features(row.annotation_path)
+        areas = {
+            name: np.median([_nucleus_area_um2(row, f) for f in features if _is_positive(f) == positive][:20])
+            for name, positive in (("positive", True), ("negative", False))
+        }
+        assert areas["positive"] > 2 * areas["negative"], (look, areas)
+        looks[look] = [f["geometry"]["coordinates"] for f in features if _is_positive(f)]
+    sizes = {look: np.median([np.ptp(np.array(c[0]), axis=0).max() for c in cells]) for look, cells in looks.items()}
+    assert sizes["shared"] > 1.3 * sizes["distinct"], sizes  # shared positives keep the large squamous cytoplasm

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from cyto_ssrl.downstream.budgets import draw_budget, parse_budgets
-from cyto_ssrl.downstream.config import PAPER_BUDGETS
+from cyto_ssrl.downstream.config import PAPER_BUDGETS, TrainingSettings
+from cyto_ssrl.downstream.setup import budget_loop
 from cyto_ssrl.errors import CytoError
 
 
@@ -41,3 +42,11 @@ def test_infeasible_and_out_of_range_budgets():
     assert parse_budgets("100,50,10,5,1") == PAPER_BUDGETS
     with pytest.raises(CytoError, match="comma-separated"):
         parse_budgets("100;50")
+
+
+@pytest.mark.parametrize("n_train, epochs", [(14, 200), (64, 50), (1000, 20)])
+def test_small_budgets_train_at_least_min_steps(n_train, epochs):
+    settings = TrainingSettings(epochs=20, batch_sizes={5: 16}, blr=0.1, warmup_epochs=2, weight_decay=0, min_steps=200)
+    loop = budget_loop(settings, 5, n_train, settings.blr, None, seed=0, num_workers=0)
+    assert loop.batch_size == min(16, n_train) and loop.epochs == epochs
+    assert loop.epochs * (n_train // loop.batch_size) >= 200

@@ -31,6 +31,9 @@ def test_every_downstream_run_carries_the_model_lineage(model):
         filter_string=("tags.method = 'mae' and tags.ratio = '1:1' and params.budget = '5' and params.mode = 'linear'"),
     )
     assert sorted(found["params.resample"]) == ["0", "1"]
+    # A budget of a dozen tiles is one batch an epoch: min_steps gives it the steps to learn both classes.
+    trained = runs[runs["params.mode"] == "linear"]
+    assert (trained["metrics.eval/se"] > 0).all() and (trained["metrics.eval/sp"] > 0).all()
     analyses = runs[runs["params.mode"] == "representation"].iloc[0]
     for metric in ("knn_best_weighted_f1", "kmeans_ami", "kmeans_ari", "kmeans_purity", "svm_acc", "svm_auc"):
         assert np.isfinite(analyses[f"metrics.representation/{metric}"]), metric
@@ -112,6 +115,7 @@ def test_finetune_logs_the_six_evaluation_metrics(model):
     run_id = runs["run_id"].iloc[0]
     metrics = mlflow.get_run(run_id).data.metrics
     assert all(0 <= metrics[name] <= 1 for name in EVAL_METRICS)
+    assert metrics["eval/se"] > 0 and metrics["eval/sp"] > 0  # it does not predict one class
     history = MlflowClient().get_metric_history(run_id, "train/val_acc")
     assert [m.step for m in history] == list(range(int(runs["params.epochs"].iloc[0])))
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}

@@ -87,6 +87,11 @@ def tile_overrides(given: dict[str, object]) -> dict[str, object]:
     return {**given, "csv": CsvAnnotationConfig(**csv)}
 
 
+def mode_budgets(cfg: StudyConfig, mode: str) -> tuple[float, ...]:
+    """The budgets `mode` is evaluated at: its own in `mode_budgets`, else the study's."""
+    return tuple(cfg.mode_budgets.get(mode, cfg.budgets))
+
+
 def baseline_methods(cfg: StudyConfig, backbone: str) -> list[str]:
     """The study's methods whose backbone is `backbone`: those an external baseline of it is compared with."""
     return [m for m in cfg.methods if pretrain_config(cfg, m)[1].backbone == backbone]
@@ -125,7 +130,9 @@ def _check_axes(cfg: StudyConfig) -> None:
         pretrain_config(cfg, method)
     for mode in cfg.modes:
         one_of("downstream mode", mode, TRAINED_MODES)
-    for budget in cfg.budgets:
+    for mode in cfg.mode_budgets:
+        one_of("mode of mode_budgets", mode, TRAINED_MODES)
+    for budget in {b for mode in cfg.modes for b in mode_budgets(cfg, mode)}:
         check_budget(budget)
     at_least("resamples", cfg.resamples, 1)
     if cfg.tune_trials < 0:

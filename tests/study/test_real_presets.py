@@ -13,6 +13,7 @@ from cyto_ssrl.data.pools import parse_ratio, pool_counts
 from cyto_ssrl.downstream.budgets import budget_counts
 from cyto_ssrl.stages.tiles import run_tiles
 from cyto_ssrl.study.config import tile_overrides
+from cyto_ssrl.study.plan import plan
 from cyto_ssrl.study.presets import STUDY_PRESETS
 
 
@@ -47,3 +48,10 @@ def test_csv_tile_overrides_from_json_become_the_csv_settings():
     overrides = tile_overrides({"tile_size": 32, "csv": {"image_size": [1376, 1020]}})
     assert overrides["tile_size"] == 32 and overrides["csv"].image_size == (1376, 1020)
     assert overrides["csv"].label_column == "bethesda_system"  # the other CSV settings keep their defaults
+
+
+def test_mode_budgets_limit_fine_tuning_to_its_own_budgets():
+    cells = [c for c in plan(STUDY_PRESETS["herlev"]) if c.stage == "downstream"]
+    budgets = {mode: sorted({c.budget for c in cells if c.mode == mode}) for mode in ("linear", "finetune")}
+    assert budgets == {"linear": [10, 100], "finetune": [10]}
+    assert len(cells) == 10 * (2 + 1) * 5  # 8 pre-trained and 2 baseline backbones x budgets x resamplings

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import plot_curves
-from analysis.query import EXTERNAL, downstream_results, representation_results
+from analysis.query import EXTERNAL, downstream_results, representation_results, sort_rows
 from analysis.stats import ALPHA, baseline_gains, drops, markdown_drops
 from analysis.tables import markdown_table, summary
 from cyto_ssrl.data.pools import parse_ratio
@@ -62,7 +62,8 @@ def run_presets(presets: list[str], folder: Path) -> dict[str, float]:
 
 
 def md(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".2f")
+    """As rounded: tabulate would otherwise re-read the p-value strings ('3.1e-05') as numbers and round them."""
+    return df.to_markdown(index=False, disable_numparse=True)
 
 
 def dataset_section(name: str, times: dict[str, float]) -> list[str]:
@@ -77,7 +78,7 @@ def dataset_section(name: str, times: dict[str, float]) -> list[str]:
         lines += [f"![{name}: {metric} against the pool's ratio](results/{path.name})", ""]
     for metric in METRICS:
         lines += [
-            f"### {metric.upper()} (%), mean ± std over 5 resamplings",
+            f"### {metric.upper()} (%), mean ± std over {cfg.resamples} resamplings",
             "",
             md(markdown_table(summary(results, metric))),
             "",
@@ -119,7 +120,7 @@ def settings_line(name: str, cfg, results: pd.DataFrame, times: dict[str, float]
 def reading(stats: pd.DataFrame, gains: pd.DataFrame) -> list[str]:
     """Per method x mode x budget: the drop to the most imbalanced ratio, whether Holm keeps it, and the paper's."""
     extreme = stats.assign(r=stats["ratio"].map(parse_ratio))
-    extreme = extreme.loc[extreme.groupby(["method", "mode", "budget"])["r"].idxmax()]
+    extreme = sort_rows(extreme.loc[extreme.groupby(["method", "mode", "budget"])["r"].idxmax()])
     lines = []
     for row in extreme.itertuples():
         verdict = "real (Holm p < 0.05)" if row.significant else f"not resolved (Holm p = {row.p_holm:.2g})"
@@ -179,7 +180,8 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
     presets = [p for p in args.presets.split(",") if p]
     if not args.report_only:
-        run_presets(presets, folder)
+        times = run_presets(presets, folder)
+        print("wall time: " + ", ".join(f"{name} {times[name] / 60:.1f} min" for name in presets))
     print(f"wrote {write_results(presets, folder)}")
 
 

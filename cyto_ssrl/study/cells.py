@@ -22,7 +22,7 @@ from cyto_ssrl.stages.pools import run_pools
 from cyto_ssrl.stages.pretrain import register_external, run_pretrain
 from cyto_ssrl.stages.tiles import run_tiles
 from cyto_ssrl.stages.tune import tune_setup
-from cyto_ssrl.study.config import baseline_methods, external_weights, pretrain_config
+from cyto_ssrl.study.config import baseline_methods, external_weights, pretrain_config, tile_overrides
 from cyto_ssrl.study.ledger import Ledger
 from cyto_ssrl.study.plan import Cell
 from cyto_ssrl.study.presets import StudyConfig
@@ -53,9 +53,8 @@ class Context:
 def do_tiles(ctx: Context, cell: Cell, run_id: str) -> None:
     cfg = ctx.cfg
     tiles = str(ctx.folder / "tiles")
-    run_tiles(
-        cfg.source, cfg.input, tiles, cfg.tile_preset, cfg.annotations, run_id=run_id, pseudonymize=cfg.pseudonymize
-    )
+    overrides = {"pseudonymize": cfg.pseudonymize, **tile_overrides(cfg.tile_overrides)}
+    run_tiles(cfg.source, cfg.input, tiles, cfg.tile_preset, cfg.annotations, run_id=run_id, **overrides)
 
 
 def do_pools(ctx: Context, cell: Cell, run_id: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cyto_ssrl import tracking
 from cyto_ssrl.checks import at_least, one_of
 from cyto_ssrl.config import flatten, preset
-from cyto_ssrl.data.config import TILE_PRESETS
+from cyto_ssrl.data.config import TILE_PRESETS, CsvAnnotationConfig
 from cyto_ssrl.data.pools import parse_ratio
 from cyto_ssrl.downstream.budgets import check_budget
 from cyto_ssrl.downstream.config import DOWNSTREAM_PRESETS, TRAINED_MODES
@@ -77,6 +77,21 @@ def external_weights(cfg: StudyConfig) -> dict[str, str]:
     return given
 
 
+def tile_overrides(given: dict[str, object]) -> dict[str, object]:
+    """The study's tile overrides as TileConfig takes them: its nested CSV settings as their dataclass."""
+    if not isinstance(given.get("csv"), dict):
+        return dict(given)
+    csv = dict(given["csv"])
+    if csv.get("image_size") is not None:  # JSON gives a list; the reader compares sizes as tuples
+        csv["image_size"] = tuple(csv["image_size"])
+    return {**given, "csv": CsvAnnotationConfig(**csv)}
+
+
+def mode_budgets(cfg: StudyConfig, mode: str) -> tuple[float, ...]:
+    """The budgets `mode` is evaluated at: its own in `mode_budgets`, else the study's."""
+    return tuple(cfg.mode_budgets.get(mode, cfg.budgets))
+
+
 def baseline_methods(cfg: StudyConfig, backbone: str) -> list[str]:
     """The study's methods whose backbone is `backbone`: those an external baseline of it is compared with."""
     return [m for m in cfg.methods if pretrain_config(cfg, m)[1].backbone == backbone]
@@ -115,7 +130,9 @@ def _check_axes(cfg: StudyConfig) -> None:
         pretrain_config(cfg, method)
     for mode in cfg.modes:
         one_of("downstream mode", mode, TRAINED_MODES)
-    for budget in cfg.budgets:
+    for mode in cfg.mode_budgets:
+        one_of("mode of mode_budgets", mode, TRAINED_MODES)
+    for budget in {b for mode in cfg.modes for b in mode_budgets(cfg, mode)}:
         check_budget(budget)
     at_least("resamples", cfg.resamples, 1)
     if cfg.tune_trials < 0:
@@ -128,7 +145,7 @@ def _check_inputs(cfg: StudyConfig) -> None:
         if not Path(cfg.manifest).is_file():
             raise CytoError(f"tile manifest {cfg.manifest} does not exist")
     else:
-        preset(TILE_PRESETS, cfg.tile_preset)
+        preset(TILE_PRESETS, cfg.tile_preset, **tile_overrides(cfg.tile_overrides))
         one_of("tile source", cfg.source, SOURCES)
         if cfg.source != "synthetic" and not (cfg.input and Path(cfg.input).is_dir()):
             raise CytoError(f"source {cfg.source!r} needs input, a folder of slides or cell crops ({cfg.input} is not)")

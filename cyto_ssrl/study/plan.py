@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cyto_ssrl.data.pools import parse_ratio, ratio_label
 from cyto_ssrl.names import budget_label
-from cyto_ssrl.study.config import external_weights
+from cyto_ssrl.study.config import external_weights, mode_budgets
 from cyto_ssrl.study.presets import StudyConfig
 
 STAGES = ("tiles", "pools", "pretrain", "external", "tune", "downstream", "representation", "analysis")
@@ -70,7 +70,7 @@ def _evaluations(cfg: StudyConfig, model: Cell, need_tiles: tuple[str, ...]) -> 
     of_model = {"model": model.key, "seed": model.seed}
     cells = []
     for mode in cfg.modes:
-        for budget in cfg.budgets:
+        for budget in mode_budgets(cfg, mode):
             budget_needs = needs
             if cfg.tune_trials:
                 tune = Cell("tune", mode=mode, budget=budget, needs=needs, **of_model)

@@ -23,11 +23,17 @@ class StudyConfig:
     budgets: tuple[float, ...] = (50, 10, 5)  # the demo cohort's downstream partition is too small for 1:1 at 100 %
     resamples: int = 2
     # settings
+    # Budgets of one mode where they differ from `budgets`, e.g. {"finetune": (10,)}: on CPUs a fine-tuning draw
+    # costs tens of linear probes, and a study may afford fewer of them.
+    mode_budgets: dict[str, tuple[float, ...]] = field(default_factory=dict)
     source: str = "synthetic"  # synthetic | slides | cells (stage 1), unless `manifest` is given
     input: str | None = None
     annotations: str | None = None
     manifest: str | None = None  # an existing tile manifest: the study skips tiling
     tile_preset: str = "tiny"
+    # TileConfig fields over the tile preset's (stage 1), e.g. {"partitions": {...}, "default_mpp": 0.25}; "csv"
+    # takes CsvAnnotationConfig fields as a dict ({"image_size": [1376, 1020]}), as JSON can give it.
+    tile_overrides: dict[str, object] = field(default_factory=dict)
     pseudonymize: bool = True  # stage 1's: slide, patient and tile ids as keyed hashes; false keeps public data's names
     pool_size: int = 200
     pretrain_preset: str = "tiny"  # tiny | paper | a PRETRAIN_PRESETS name (tiny/paper pick the method's variant)
@@ -86,3 +92,63 @@ STUDY_PRESETS: dict[str, StudyConfig] = {
         external="",
     ),
 }
+
+# Real public cells in ../shared/data (paths relative to the working directory: run from the repo root with
+# ../shared beside it). Both split 0.5 : 0.3 : 0.2, not the paper's 120,000 : 40,000 : 8,000, which would leave a
+# few dozen evaluation tiles. Ratios, pools and budgets are what the ssrl and downstream partitions of that split
+# allow (counted from their tilings, seed 0). 32 px tiles and the tiny backbones: on 2 shared CPU cores a 64 px
+# fine-tuning of 80 tiles took 45 s; at 32 px (16 ViT patches instead of 64) about a quarter of that.
+REAL_PARTITIONS = {"ssrl": 0.5, "downstream": 0.3, "evaluation": 0.2}
+REAL_TILE_SIZE = 32
+# Of the budgets the downstream partitions (about 100 tiles, 1:1) allow, 100/50/10/5 %, the linear probe runs 100 %
+# (80 training tiles, already fewer than the paper's 1 % of 40,000) and 10 % (4 training tiles a class); 5 % trains
+# on one tile a class. Fine-tuning runs 10 % only: at least 40 optimiser steps a draw make a 100 % fine-tuning of
+# ResNet-18 about 90 s on 2 busy cores, and the grid holds 50 of them a budget.
+REAL_BUDGETS = (100, 10)
+REAL_AXES = {
+    "methods": ("mae", "simclr"),
+    "modes": ("linear", "finetune"),
+    "budgets": REAL_BUDGETS,
+    "mode_budgets": {"finetune": (10,)},
+    "resamples": 5,  # the paper's
+    "external": "random",  # the "does pre-training help at all" baseline the paired tests compare with
+    "representation": True,
+    "pseudonymize": False,  # public data: the real image names identify nobody
+}
+# Pre-training settings both share: 32 px inputs (ViT-tiny patch 8: 16 tokens), no loader worker processes (a
+# pool of 32 px images loads in milliseconds; two workers take seconds to start on a busy machine), and a
+# checkpoint every 10 epochs (a killed minute-long training loses little).
+REAL_PRETRAIN = {"img_size": REAL_TILE_SIZE, "num_workers": 0, "checkpoint_every": 10}
+STUDY_PRESETS["herlev"] = StudyConfig(
+    # Herlev's ssrl partition has 237 abnormal and only 84 normal cells: negatives, not positives, bound the pools.
+    # A pool of 85 holds 1:1 (42 + 43) up to 1:84 (one positive and every negative), the most extreme possible.
+    ratios=("1:1", "1:5", "1:20", "1:84"),
+    source="cells",
+    input="../shared/data/herlev/train",
+    tile_overrides={"partitions": dict(REAL_PARTITIONS), "tile_size": REAL_TILE_SIZE},  # each cell scaled to fit
+    pool_size=85,
+    # 85 tiles are 2 batches of 32 an epoch: 30 epochs are 60 optimiser steps (SimCLR about 65 s, MAE 25 s).
+    pretrain_overrides={**REAL_PRETRAIN, "epochs": 30},
+    **REAL_AXES,
+)
+STUDY_PRESETS["cric"] = StudyConfig(
+    # 32 px at 1.172 um/px (37.5 um, one or two cells; the tiny preset's 64 px tiles of 75 um give 211 tiles from
+    # the 50 fields, 50 of them positive ssrl tiles): 135 positive and 465 negative ssrl tiles. A pool of 270
+    # holds 1:1 (every positive and 135 negatives) up to 1:269 (one positive), the most extreme possible.
+    ratios=("1:1", "1:5", "1:20", "1:269"),
+    source="slides",
+    input="../shared/data/cric/dataset",
+    annotations="../shared/data/cric/classifications.csv",
+    # CRIC's coordinates are given at 1376x1020 (the PNGs here are resampled to 1280x960 and carry no um/px):
+    # 0.25 um/px as the README's tiling command assumes.
+    tile_overrides={
+        "partitions": dict(REAL_PARTITIONS),
+        "tile_size": REAL_TILE_SIZE,
+        "default_mpp": 0.25,
+        "csv": {"image_size": (1376, 1020)},
+    },
+    pool_size=270,
+    # 270 tiles are 8 batches of 32: 8 epochs are 64 optimiser steps, about as many as Herlev's.
+    pretrain_overrides={**REAL_PRETRAIN, "epochs": 8},
+    **REAL_AXES,
+)

@@ -34,6 +34,8 @@ def test_analyze_writes_every_output_and_logs_it_to_one_analysis_run(study, tmp_
             ("tables", "table", ".csv"),
             ("stats", "stats", ".md"),
             ("stats", "stats", ".csv"),
+            ("stats", "baseline", ".md"),  # s1's MAE has a baseline
+            ("stats", "baseline", ".csv"),
         )
     ]
     boxes = [f"figures/boxplot_{m}_1-10.png" for m in metrics]
@@ -65,7 +67,11 @@ def test_analyze_writes_every_output_and_logs_it_to_one_analysis_run(study, tmp_
         f"{folder}/{name}.json"
         for folder, name in [
             ("tables", "representation"),
-            *[(folder, f"{kind}_{m}") for m in metrics for folder, kind in (("tables", "table"), ("stats", "stats"))],
+            *[
+                (folder, f"{kind}_{m}")
+                for m in metrics
+                for folder, kind in (("tables", "table"), ("stats", "stats"), ("stats", "baseline"))
+            ],
         ]
     ]
     assert logged == sorted([*written, *ui_tables])  # the Markdown tables also as tables the UI renders
@@ -83,6 +89,7 @@ def test_one_ratio_study_without_baseline_still_gives_every_output(study, tmp_pa
     output = analyze("s2", tmp_path / "s2", metrics=("acc",))
     assert (output / "figures" / "curves_acc.png").exists() and (output / "figures" / "boxplot_acc_1-5.png").exists()
     assert (output / "stats" / "stats_acc.csv").read_text().splitlines()[1:] == []  # one ratio: no drop to test
+    assert not (output / "stats" / "baseline_acc.csv").exists()  # no baseline: no table
     assert "no external baseline" in plot_boxes(downstream_results("s2"), "acc", 5, "s2").get_suptitle()
     table = markdown_table(summary(downstream_results("s2"), "acc"))
     assert list(table.columns[4:]) == ["1:5"]

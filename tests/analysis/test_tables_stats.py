@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 from analysis.query import downstream_results
-from analysis.stats import drops
+from analysis.stats import drops, holm
 from analysis.tables import markdown_table, numeric_table, summary
 
 from .helpers import simclr_linear_b10_at_1_100, values
@@ -41,7 +41,9 @@ def test_drop_from_balanced_pool_and_p_value_match_a_paired_t_test(study):
     assert row["reference"] == "1:1" and row["n_pairs"] == 3
     assert row["drop_pp"] == pytest.approx((balanced - imbalanced).mean() * 100)
     assert row["p_value"] == pytest.approx(p_value)
-    assert row["significant"] == (p_value < 0.05) and row["note"] == ""
+    assert row["p_holm"] >= row["p_value"]  # Holm over all 16 drop tests of the metric
+    assert row["significant"] == (row["p_holm"] < 0.05) and row["note"] == ""
+    assert list(stats["p_holm"]) == pytest.approx(list(holm(stats["p_value"])))
 
 
 def test_reference_falls_back_to_the_smallest_ratio_and_few_pairs_get_no_p_value(study):

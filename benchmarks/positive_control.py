@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
+
+from scratch import scratch_store  # benchmarks/scratch.py (run as python benchmarks/...)
 
 from analysis.query import downstream_results
 from analysis.stats import baseline_gains, drops
@@ -53,17 +51,9 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--keep", help="run in this folder and keep it (store, tiles, figures)")
     args = parser.parse_args()
-    folder = Path(args.keep or tempfile.mkdtemp(dir=".", prefix=".control-bench-")).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
-    try:
+    with scratch_store(args.keep, ".control-bench-"):
         for look in LOOKS:
             report(look, control(args.preset, look))
-    finally:
-        if not args.keep:
-            os.chdir("..")
-            shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

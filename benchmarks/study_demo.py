@@ -10,11 +10,9 @@ Target: the re-run trains nothing and takes under 5 % of the first run's time.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
+
+from scratch import scratch_store  # benchmarks/scratch.py (run as python benchmarks/...)
 
 from cyto_ssrl.study.config import load_config
 from cyto_ssrl.study.launch import run_study
@@ -32,19 +30,11 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--keep", help="run in this folder and keep it (store, tiles, figures)")
     args = parser.parse_args()
-    folder = Path(args.keep or tempfile.mkdtemp(dir=".", prefix=".study-bench-")).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
-    try:
+    with scratch_store(args.keep, ".study-bench-") as folder:
         first_s = timed_study(args.preset)
         n_cells = len(cell_runs("bench"))
         second_s = timed_study(args.preset)
         runs = cell_runs("bench")
-    finally:
-        if not args.keep:
-            os.chdir("..")
-            shutil.rmtree(folder)
     runs["seconds"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
     by_stage = runs.groupby("tags.stage")["seconds"].agg(["count", "sum"])
     print(f"study preset {args.preset!r}: {n_cells} cells")

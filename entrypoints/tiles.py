@@ -12,7 +12,7 @@ class Params:
     source: str = param("synthetic", "synthetic | slides | cells")
     input: str = param("none", "folder of slides/images or cell-class folders (not read for synthetic)", True)
     output: str = param("outputs/tiles", "folder of the tiles and the manifest")
-    preset: str = param("tiny", "tiny | paper")
+    preset: str = param("tiny", "tiny | tiny-shared (synthetic positives that look like enlarged negatives) | paper")
     seed: int = param(0)
     annotations: str = param(
         "beside",

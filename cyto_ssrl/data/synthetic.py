@@ -232,7 +232,8 @@ def _paint(img, rng, poly, rgb, alpha: float, soft_px: float, edge_px: int = 0, 
 
 def _draw_cell(img, rng, centre, positive: bool, px: float, stain, positive_look: str) -> dict:
     """Paint one squamous cell at centre (level-0 px); return its cytoplasm outline and nucleus centre."""
-    if positive and positive_look == "distinct":  # HSIL-like: small rounder cell, dense cytoplasm, big hyperchromatic irregular nucleus
+    # HSIL-like: small rounder cell, dense cytoplasm, big hyperchromatic irregular nucleus
+    if positive and positive_look == "distinct":
         cyto_d = rng.uniform(18, 35)
         nuc_d = min(rng.uniform(10, 20), 0.75 * cyto_d)
         cyto = _outline(rng, centre, cyto_d / 2 * px, rng.integers(10, 16), 0.08, rng.uniform(0.75, 1))

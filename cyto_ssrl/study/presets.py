@@ -71,9 +71,13 @@ PAPER_RATIOS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)  # positive:negative 
 
 
 STUDY_PRESETS: dict[str, StudyConfig] = {
-    # The embedded default: synthetic slides, 3 ratios x 2 methods, about 10 minutes on 2 CPU cores. 16 epochs
-    # of 200 tiles (100 steps) instead of the tiny presets' 4, so the backbones move away from their common init.
-    "demo": StudyConfig(pretrain_overrides={"epochs": 16}),
+    # The embedded default and a positive control: synthetic slides whose positive cells look like no negative cell
+    # (tile preset tiny, SyntheticConfig.positive_look "distinct"; benchmarks/positive_control.py runs the "shared"
+    # look beside it). Under 10 minutes on 2 CPU cores: MAE only (SimCLR's ResNet-18 pre-trains 2.4x slower), the
+    # linear probe only (fine-tuning a ViT on CPU takes 15-30 s a draw: 60 draws would be 20 minutes), with the
+    # paper's 5 resamplings so the paired tests have pairs. 16 epochs of 200 tiles (100 steps) instead of the tiny
+    # presets' 4, so the backbones move away from their common init.
+    "demo": StudyConfig(methods=("mae",), modes=("linear",), resamples=5, pretrain_overrides={"epochs": 16}),
     # The paper: 9 ratios x MAE/SimCLR x linear/fine-tune x 5 budgets x 5 resamplings, pools of 80,000 tiles.
     "paper": StudyConfig(
         ratios=tuple(f"1:{r}" for r in PAPER_RATIOS),

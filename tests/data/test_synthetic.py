@@ -150,7 +150,7 @@ def _nucleus_area_um2(row, feature) -> float:
 
 
 def test_positive_look_is_the_positive_controls_knob(tmp_path):
-    """"distinct" positives are small dense cells with big hyperchromatic nuclei; "shared" ones are negative-looking
+    """ "distinct" positives are small dense cells with big hyperchromatic nuclei; "shared" ones are negative-looking
     cells whose round nucleus is enlarged: their nuclei are far larger than negatives' either way, and the two
     looks differ in the cell around them."""
     looks = {}

@@ -14,7 +14,7 @@ AXIS = "'preset': the preset's"
 
 @dataclass
 class Params:
-    preset: str = param("demo", "demo | paper | a .json file of StudyConfig fields")
+    preset: str = param("demo", "demo | paper | herlev | cric | a .json file of StudyConfig fields")
     study: str = param("preset", "study id; 'preset': named after the preset", True)
     executor: str = param("preset", "where cells run: local | slurm | ray; 'preset': the preset's (local)", True)
     workers: int = param("engine", "at most this many cells at once (slurm, ray); 'engine': all it takes", True)
